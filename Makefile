@@ -1,0 +1,66 @@
+# The front door. Every target sets up .venv on first use, then calls cli.py.
+#
+#   make demo                      train on the built-in shapes, evaluate, predict a sample
+#   make train [TASK= DATA= RUN= EPOCHS= SEED= ...]
+#   make eval | predict IMAGE=... | bench | test
+#
+# Variables (all optional):
+#   TASK=classify|detect   DATA=shapes|tfds:NAME|folder:PATH|voc:PATH|coco:FILE.json
+#   RUN=run folder (default runs/$(TASK)-<data>)   EPOCHS=  SEED=  IMAGE=  MODEL=
+#   IMAGE_SIZE=  BATCH=  LR=  FILTERS=32,64,128  HIDDEN=128  FLIP=0  FORCE=1  SKIP_BAD=1
+
+PYTHON_BASE ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+TASK ?= classify
+DATA ?= shapes
+SEED ?= 0
+DATA_SLUG := $(shell printf '%s' '$(DATA)' | sed 's|^[a-z]*:||; s|[^A-Za-z0-9._-]|_|g; s|^_*||' | tail -c 40)
+RUN ?= runs/$(TASK)-$(if $(DATA_SLUG),$(DATA_SLUG),shapes)
+
+opt = $(if $(strip $(2)),$(1) $(2))
+flag = $(if $(filter 1 yes true,$(2)),$(1))
+
+TRAIN_ARGS = --task $(TASK) --data '$(DATA)' --run '$(RUN)' --seed $(SEED) \
+	$(call opt,--epochs,$(EPOCHS)) $(call opt,--image-size,$(IMAGE_SIZE)) \
+	$(call opt,--batch-size,$(BATCH)) $(call opt,--lr,$(LR)) \
+	$(call opt,--filters,$(FILTERS)) $(call opt,--hidden-units,$(HIDDEN)) \
+	$(call opt,--kernel-size,$(KERNEL)) $(call opt,--pool-size,$(POOL)) $(call opt,--pool-stride,$(POOL_STRIDE)) \
+	$(call opt,--dropout,$(DROPOUT)) $(call opt,--data-dir,$(DATA_DIR)) \
+	$(if $(filter 0 no false,$(FLIP)),--no-flip) $(call flag,--force,$(FORCE)) $(call flag,--skip-bad,$(SKIP_BAD))
+
+.PHONY: setup demo train eval predict bench test clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-nodeps.txt
+	test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) cli.py train $(TRAIN_ARGS)
+	$(PY) cli.py eval --run '$(RUN)'
+	$(PY) cli.py predict --run '$(RUN)'
+
+train: $(STAMP)
+	$(PY) cli.py train $(TRAIN_ARGS)
+
+eval: $(STAMP)
+	$(PY) cli.py eval --run '$(RUN)' $(if $(filter-out shapes,$(DATA)),--data '$(DATA)') $(call opt,--model,$(MODEL))
+
+predict: $(STAMP)
+	$(PY) cli.py predict --run '$(RUN)' $(call opt,--image,$(IMAGE)) $(call opt,--model,$(MODEL))
+
+bench: $(STAMP)
+	$(PY) cli.py bench --out runs/bench
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf runs

@@ -1,0 +1,178 @@
+"""The one command-line entry; the Makefile's targets call it.
+
+    python cli.py train   --data shapes --run runs/classify-shapes --epochs 12 --seed 0
+    python cli.py eval    --run RUN [--data SPEC] [--model FILE.tflite]
+    python cli.py predict --run RUN [--image PATH] [--model FILE.tflite]
+    python cli.py bench   [--out runs/bench]
+
+A ``UserError`` (bad path, bad file, bad setting) prints one line and exits 2;
+anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+
+from common.errors import UserError
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", default="classify", help="classify | detect")
+    p.add_argument("--data", default="shapes", help="shapes | tfds:NAME | folder:PATH | voc:PATH | coco:FILE.json")
+    p.add_argument("--data-dir", type=Path, default=None, help="where tfds data is prepared (default ./data/tfds)")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images and count them in the report")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cli.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model into a run folder (resumes an interrupted run)")
+    _add_data_args(p)
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--filters", type=_ints, help="filters per conv block, e.g. 32,64,128")
+    p.add_argument("--kernel-size", type=int)
+    p.add_argument("--pool-size", type=int)
+    p.add_argument("--pool-stride", type=int)
+    p.add_argument("--hidden-units", type=_ints, help="units per dense layer, e.g. 128 or 256,64")
+    p.add_argument("--dropout", type=float)
+    p.add_argument("--no-flip", action="store_true", help="no horizontal flips (text, digits, chiral shapes)")
+    p.add_argument("--force", action="store_true", help="replace a finished or different run in --run")
+
+    p = sub.add_parser("eval", help="evaluate a run's model (or an exported .tflite) on a test split")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--data", default=None, help="default: the data the run was trained on")
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--model", type=Path, default=None, help="a .tflite to evaluate instead of model.keras")
+    p.add_argument("--split", default="test")
+
+    p = sub.add_parser("predict", help="print a Label / Probability table for one image")
+    p.add_argument("--run", type=Path, default=None)
+    p.add_argument("--image", type=Path, default=None, help="default: a sample image from the run folder")
+    p.add_argument("--model", type=Path, default=None, help="a .tflite (runs as on a phone) or .keras file")
+    p.add_argument("--top-k", type=int, default=5)
+
+    p = sub.add_parser("bench", help="input-pipeline benchmark: tf.data vs model consumption vs a naive feed")
+    p.add_argument("--out", type=Path, default=Path("runs/bench"))
+    p.add_argument("--data", default="shapes")
+    p.add_argument("--data-dir", type=Path, default=None)
+    return parser
+
+
+def cmd_train(args) -> None:
+    from dataclasses import replace
+
+    from pipeline.sources import open_source
+    from pipeline.train import TrainConfig, train_classifier
+
+    if args.task != "classify":
+        raise UserError(f"TASK={args.task}: only TASK=classify can be trained so far")
+    defaults = TrainConfig()
+    cnn_changes = {k: v for k, v in {
+        "filters": args.filters, "kernel_size": args.kernel_size, "pool_size": args.pool_size,
+        "pool_stride": args.pool_stride, "hidden_units": args.hidden_units, "dropout": args.dropout,
+    }.items() if v is not None}
+    try:
+        cnn = replace(defaults.cnn, **cnn_changes)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    changes = {k: v for k, v in {
+        "epochs": args.epochs, "batch_size": args.batch_size, "image_size": args.image_size,
+        "learning_rate": args.lr,
+    }.items() if v is not None}
+    augment = replace(defaults.augment, flip=not args.no_flip)
+    cfg = replace(defaults, data=args.data, task=args.task, seed=args.seed, cnn=cnn, augment=augment, **changes)
+    source = open_source(args.data, args.task, data_dir=args.data_dir, seed=args.seed, skip_bad=args.skip_bad)
+    train_classifier(cfg, source, args.run, force=args.force)
+
+
+def cmd_eval(args) -> None:
+    from common.run_folder import RunFolder, write_json
+    from pipeline.dataset import classification_dataset
+    from pipeline.evaluate import classification_metrics, predict_dataset
+    from pipeline.predict import load_classifier
+    from pipeline.sources import open_source
+    from pipeline.train import TrainConfig
+
+    run = RunFolder(args.run)
+    run.require_model()
+    cfg = TrainConfig.from_dict(run.read_config())
+    data = args.data or cfg.data
+    source = open_source(data, cfg.task, data_dir=args.data_dir, seed=cfg.seed)
+    labels = run.read_labels()
+    if list(source.label_names) != labels:
+        raise UserError(f"DATA={data}: its classes {list(source.label_names)} differ from the run's {labels}")
+    ds = classification_dataset(source, args.split, cfg.pipeline(), training=False)
+    if args.model is not None and args.model.suffix == ".tflite":
+        classifier = load_classifier(None, args.model)
+        predict = classifier.predict_batch
+        what = str(args.model)
+    else:
+        import keras
+
+        model = keras.models.load_model(run.model)
+        predict = lambda x: model.predict_on_batch(x)  # noqa: E731
+        what = str(run.model)
+    probs, y = predict_dataset(predict, ds)
+    metrics = classification_metrics(probs, y, labels)
+    out = run.root / "eval" / f"{Path(what).stem}-{args.split}.json"
+    write_json(out, {"model": what, "data": data, "split": args.split, **metrics})
+    print(f"{what} on {data} [{args.split}]: accuracy {metrics['accuracy']:.2%} over {metrics['examples']} images "
+          f"(log loss {metrics['loss']:.4f}); written to {out}")
+
+
+def cmd_predict(args) -> None:
+    from pipeline.predict import default_image, format_table, load_classifier, predict_file
+
+    classifier = load_classifier(args.run, args.model)
+    image = args.image
+    if image is None:
+        if args.run is None:
+            raise UserError("predict needs IMAGE=path/to/image")
+        image = default_image(args.run)
+    rows = predict_file(classifier, image, args.top_k)
+    print(f"{image}")
+    print(format_table(rows))
+
+
+def cmd_bench(args) -> None:
+    from benchmarks.pipeline_throughput import run_pipeline_benchmark
+
+    run_pipeline_benchmark(args.data, args.out, data_dir=args.data_dir)
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "bench": cmd_bench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # SIGTERM (a scheduler, `timeout`) takes the same path as Ctrl-C: state kept for resume.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        COMMANDS[args.command](args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Small pieces every package shares: user-facing errors and the run folder."""

@@ -1,0 +1,1 @@
+"""Model definitions: where tensors become a model."""

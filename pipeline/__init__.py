@@ -1,0 +1,1 @@
+"""Where data becomes tensors: sources, preprocessing, datasets, training and evaluation."""

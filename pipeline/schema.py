@@ -1,0 +1,75 @@
+"""The one example schema every source converges on, and the ``Source`` handle.
+
+Classification example::
+
+    {"image": uint8 [H, W, 3], "label": int32 []}
+
+Detection example::
+
+    {"image": uint8 [H, W, 3],
+     "boxes": float32 [N, 4]   normalized [ymin, xmin, ymax, xmax],
+     "labels": int32 [N]}      index into Source.label_names; N may be 0 (background image)
+
+Images may differ in size between examples; preprocessing resizes them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import tensorflow as tf
+
+SPLITS = ("train", "validation", "test")
+TASKS = ("classify", "detect")
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A sample left out because the user asked to skip bad samples."""
+
+    path: str
+    problem: str
+
+
+@dataclass(frozen=True)
+class Source:
+    """A dataset as the rest of the pipeline sees it.
+
+    name:        the DATA= spec it came from.
+    task:        "classify" or "detect".
+    label_names: class names, index order.
+    split_sizes: examples per split ("train", "validation", "test").
+    load_split:  split name -> tf.data.Dataset of schema examples (decoding in parallel).
+    skipped:     bad samples that were skipped (only with skip_bad), for the report.
+    """
+
+    name: str
+    task: str
+    label_names: tuple[str, ...]
+    split_sizes: dict
+    load_split: Callable[[str], tf.data.Dataset] = field(repr=False)
+    skipped: tuple[Skipped, ...] = ()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names)
+
+    def examples(self, split: str) -> tf.data.Dataset:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        return self.load_split(split)
+
+
+def classification_element_spec() -> dict:
+    return {
+        "image": tf.TensorSpec([None, None, 3], tf.uint8),
+        "label": tf.TensorSpec([], tf.int32),
+    }
+
+
+def detection_element_spec() -> dict:
+    return {
+        "image": tf.TensorSpec([None, None, 3], tf.uint8),
+        "boxes": tf.TensorSpec([None, 4], tf.float32),
+        "labels": tf.TensorSpec([None], tf.int32),
+    }

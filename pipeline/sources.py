@@ -1,0 +1,180 @@
+"""``DATA=`` specs -> a ``Source``. One opener per kind of source, all to one schema.
+
+    shapes[:key=value,...]   built-in procedural data (keys: seed, size, train, validation, test)
+    tfds:NAME[:CONFIG]       a tensorflow-datasets dataset by name (downloads where there is internet)
+    folder:PATH              a class-per-subfolder image tree
+    voc:PATH                 Pascal VOC tree (detection)
+    coco:FILE.json           COCO instances file (detection)
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import tensorflow as tf
+
+from common.errors import ConfigError, DataError, UserError
+from pipeline.schema import SPLITS, TASKS, Source
+
+FORMS = "shapes, tfds:NAME, folder:PATH, voc:PATH, coco:FILE.json"
+
+
+def default_data_dir() -> Path:
+    """Where tfds data (the built-in shapes too) is prepared: $TFDS_DATA_DIR, else ./data/tfds."""
+    return Path(os.environ.get("TFDS_DATA_DIR") or Path.cwd() / "data" / "tfds")
+
+
+def _quiet_tfds():
+    import tensorflow_datasets as tfds
+
+    tfds.disable_progress_bar()
+    return tfds
+
+
+def _parse_options(text: str, allowed: dict[str, type], spec: str) -> dict:
+    opts = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in allowed:
+            raise ConfigError(f"DATA={spec}: unknown option {item!r}; allowed: {', '.join(allowed)} as key=value")
+        try:
+            opts[key] = allowed[key](value)
+        except ValueError:
+            raise ConfigError(f"DATA={spec}: option {key} needs a {allowed[key].__name__}, got {value!r}") from None
+    return opts
+
+
+def _detection_example(ex: dict) -> dict:
+    return {
+        "image": ex["image"],
+        "boxes": tf.cast(ex["objects"]["bbox"], tf.float32),
+        "labels": tf.cast(ex["objects"]["label"], tf.int32),
+    }
+
+
+def _rgb(image: tf.Tensor) -> tf.Tensor:
+    """uint8 [H, W, C] with C in {1, 3, 4} -> uint8 [H, W, 3]."""
+    channels = image.shape[-1]
+    if channels == 1:
+        return tf.image.grayscale_to_rgb(image)
+    if channels == 4:
+        return image[..., :3]
+    return image
+
+
+def open_shapes(spec: str, options: str, task: str, data_dir: Path) -> Source:
+    from pipeline.shapes_builder import make_builder, shapes_config
+
+    opts = _parse_options(options, {"seed": int, "size": int, "train": int, "validation": int, "test": int}, spec)
+    try:
+        config = shapes_config(
+            task, seed=opts.get("seed", 0), image_size=opts.get("size"),
+            train=opts.get("train"), validation=opts.get("validation"), test=opts.get("test"),
+        )
+    except ValueError as e:
+        raise ConfigError(f"DATA={spec}: {e}") from None
+    _quiet_tfds()
+    builder = make_builder(config, data_dir=str(data_dir))
+    builder.download_and_prepare()
+    info = builder.info
+    convert = (lambda ex: {"image": ex["image"], "label": tf.cast(ex["label"], tf.int32)}) if task == "classify" \
+        else _detection_example
+
+    def load(split: str) -> tf.data.Dataset:
+        ds = builder.as_dataset(split=split, shuffle_files=False)
+        return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+
+    names = info.features["label"].names if task == "classify" else info.features["objects"]["label"].names
+    return Source(
+        name=spec, task=task, label_names=tuple(names),
+        split_sizes={s: info.splits[s].num_examples for s in SPLITS}, load_split=load,
+    )
+
+
+def _tfds_splits(available: list[str]) -> dict[str, str]:
+    """Map our three splits onto what the dataset has, carving the missing ones from train."""
+    val = next((s for s in ("validation", "val") if s in available), None)
+    test = "test" if "test" in available else None
+    if "train" not in available:
+        raise ConfigError(f"dataset has no 'train' split (it has {available})")
+    if val and test:
+        return {"train": "train", "validation": val, "test": test}
+    if test:
+        return {"train": "train[:90%]", "validation": "train[90%:]", "test": test}
+    if val:
+        return {"train": "train[:90%]", "validation": val, "test": "train[90%:]"}
+    return {"train": "train[:80%]", "validation": "train[80%:90%]", "test": "train[90%:]"}
+
+
+def open_tfds(spec: str, name: str, task: str, data_dir: Path) -> Source:
+    tfds = _quiet_tfds()
+    if not name:
+        raise ConfigError(f"DATA={spec}: tfds: needs a dataset name, e.g. tfds:mnist")
+    try:
+        builder = tfds.builder(name, data_dir=str(data_dir))
+    except Exception as e:  # tfds raises several types for an unknown name
+        raise ConfigError(f"DATA={spec}: tensorflow-datasets has no dataset {name!r} ({str(e).splitlines()[0]})") from None
+    try:
+        builder.download_and_prepare()
+    except Exception as e:
+        raise UserError(
+            f"DATA={spec}: could not download or prepare {name!r} into {data_dir} "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
+            f"It needs internet the first time; or point TFDS_DATA_DIR at a prepared copy."
+        ) from None
+    info = builder.info
+    if task == "detect":
+        raise UserError(f"DATA={spec}: tfds detection datasets are not supported yet")
+    image_key, label_key = info.supervised_keys if info.supervised_keys else ("image", "label")
+    features = info.features
+    if image_key not in features or label_key not in features or not hasattr(features[label_key], "names"):
+        raise ConfigError(f"DATA={spec}: {name} is not an image-classification dataset "
+                          f"(features: {list(features.keys())})")
+    if len(features[image_key].shape) != 3:
+        raise ConfigError(f"DATA={spec}: {name}'s {image_key!r} is not an [H, W, C] image")
+    # Split names are known once prepared; a mocked or metadata-less builder lists none,
+    # and then the common train/test pair is assumed.
+    splits = _tfds_splits(list(info.splits.keys()) or ["train", "test"])
+
+    def load(split: str) -> tf.data.Dataset:
+        ds = builder.as_dataset(split=splits[split], shuffle_files=False)
+        return ds.map(
+            lambda ex: {"image": _rgb(ex[image_key]), "label": tf.cast(ex[label_key], tf.int32)},
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+
+    sizes = {}
+    for ours, theirs in splits.items():
+        try:
+            sizes[ours] = info.splits[theirs].num_examples
+        except Exception:
+            sizes[ours] = -1  # unknown (some slicing of mocked metadata); informational only
+    return Source(name=spec, task="classify", label_names=tuple(features[label_key].names),
+                  split_sizes=sizes, load_split=load)
+
+
+def open_source(spec: str, task: str = "classify", *, data_dir: Path | None = None,
+                seed: int = 0, skip_bad: bool = False) -> Source:
+    """Open a ``DATA=`` spec. Raises ConfigError / DataError with a message naming what is wrong."""
+    if task not in TASKS:
+        raise ConfigError(f"TASK={task}: unknown task; expected one of {', '.join(TASKS)}")
+    spec = (spec or "").strip()
+    kind, sep, rest = spec.partition(":")
+    data_dir = Path(data_dir) if data_dir else default_data_dir()
+    if kind == "shapes":
+        return open_shapes(spec, rest, task, data_dir)
+    if kind == "tfds" and sep:
+        return open_tfds(spec, rest, task, data_dir)
+    if kind == "folder" and sep:
+        if task != "classify":
+            raise ConfigError(f"DATA={spec}: folder: is a classification source; for TASK=detect use voc: or coco:")
+        if not rest:
+            raise ConfigError(f"DATA={spec}: folder: needs a path, e.g. folder:~/photos")
+        from pipeline.folder_source import open_folder
+
+        return open_folder(spec, rest, seed=seed, skip_bad=skip_bad)
+    if kind in ("voc", "coco") and sep:
+        if not Path(rest).expanduser().exists():
+            raise DataError(rest, "not found")
+        raise UserError(f"DATA={spec}: {kind}: annotations are a detection source, which is not available yet")
+    raise ConfigError(f"DATA={spec!r}: unknown data source; expected one of: {FORMS}")
