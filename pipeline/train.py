@@ -13,11 +13,11 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from common.errors import ConfigError, UserError
 from common.run_folder import RunFolder, atomic_path, write_json
@@ -128,7 +128,8 @@ def _save_samples(run: RunFolder, source: Source, label_names) -> None:
             break
 
 
-def train_classifier(cfg: TrainConfig, source: Source, run_dir: Path, *, force: bool = False, verbose: int = 1) -> dict:
+def train_classifier(cfg: TrainConfig, source: Source, run_dir: Path, *, force: bool = False,
+                     verbose: int | None = None) -> dict:
     """Train (or resume, or recognise as done) the run in ``run_dir``. Returns metrics.json's content."""
     import keras
 
@@ -141,6 +142,8 @@ def train_classifier(cfg: TrainConfig, source: Source, run_dir: Path, *, force: 
               f"{json.loads(run.metrics.read_text())['test']['accuracy']:.2%}); FORCE=1 retrains it.")
         return json.loads(run.metrics.read_text())
     created = state == "new"
+    if verbose is None:  # a live progress bar on a terminal, one line per epoch in logs and CI
+        verbose = 1 if sys.stdout.isatty() else 2
     try:
         return _train(cfg, source, run, resuming=state == "resume", verbose=verbose, keras=keras)
     except KeyboardInterrupt:

@@ -1,0 +1,151 @@
+"""End to end: training into a run folder, resuming after SIGKILL, and the CLI's errors."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import cli
+from models.cnn import CNNConfig
+from pipeline.sources import open_source
+from pipeline.train import TrainConfig, train_classifier
+
+ROOT = Path(__file__).resolve().parents[2]
+E2E_DATA = "shapes:train=900,validation=150,test=210,size=32"
+SMALL_CNN = CNNConfig(filters=(16, 32), hidden_units=(64,), dropout=0.1)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_dir):
+    cfg = TrainConfig(data=E2E_DATA, image_size=32, epochs=8, batch_size=32, learning_rate=2e-3, cnn=SMALL_CNN)
+    source = open_source(E2E_DATA, data_dir=data_dir)
+    run = tmp_path_factory.mktemp("runs") / "e2e"
+    metrics = train_classifier(cfg, source, run, verbose=0)
+    return run, metrics, cfg, source
+
+
+def test_tiny_run_learns_well_above_chance(trained):
+    run, metrics, _, source = trained
+    chance = 1 / source.num_classes
+    assert metrics["test"]["accuracy"] > 0.6 > 3 * chance
+    assert metrics["epochs_run"] >= 2 and len(metrics["history"]["val_accuracy"]) == metrics["epochs_run"]
+
+
+def test_run_folder_has_every_artifact(trained):
+    run, metrics, cfg, source = trained
+    for name in ("model.keras", "labels.txt", "config.json", "metrics.json", "report.md",
+                 "plots/training_curves.png", "plots/confusion_matrix.png"):
+        assert (run / name).stat().st_size > 0, name
+    assert (run / "labels.txt").read_text().split() == list(source.label_names)
+    assert TrainConfig.from_dict(json.loads((run / "config.json").read_text())) == cfg
+    assert list((run / "samples").glob("*.png"))
+    assert any((run / "logs").rglob("events.out.tfevents*"))
+    assert not (run / ".resume").exists()
+    assert not list(run.rglob(".*.tmp*"))  # no temporary leftovers
+    report = (run / "report.md").read_text()
+    assert f"{metrics['test']['accuracy']:.2%}" in report and "confusion_matrix.png" in report
+
+
+def test_rerun_of_a_finished_run_is_a_no_op_and_other_settings_are_refused(trained, capsys):
+    run, metrics, cfg, source = trained
+    before = (run / "model.keras").stat().st_mtime_ns
+    again = train_classifier(cfg, source, run, verbose=0)
+    assert again["test"] == metrics["test"]
+    assert (run / "model.keras").stat().st_mtime_ns == before
+    assert "already trained" in capsys.readouterr().out
+    from common.errors import UserError
+
+    with pytest.raises(UserError, match="different settings.*epochs"):
+        train_classifier(TrainConfig(**{**cfg.__dict__, "epochs": 3}), source, run, verbose=0)
+
+
+def test_predict_prints_label_probability_table(trained, capsys):
+    run, *_ = trained
+    sample = sorted((run / "samples").glob("*.png"))[0]
+    assert cli.main(["predict", "--run", str(run), "--image", str(sample), "--top-k", "3"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].split() == ["Label", "Probability"]
+    rows = [line.split() for line in out[3:]]
+    assert len(rows) == 3
+    probs = [float(p) for _, p in rows]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
+
+
+def test_eval_writes_metrics_matching_training(trained, data_dir):
+    run, metrics, *_ = trained
+    assert cli.main(["eval", "--run", str(run), "--data-dir", str(data_dir)]) == 0
+    result = json.loads((run / "eval" / "model-test.json").read_text())
+    assert result["accuracy"] == pytest.approx(metrics["test"]["accuracy"], abs=1e-6)
+
+
+def _train_cmd(run, data_dir, epochs):
+    return [sys.executable, "cli.py", "train", "--data", E2E_DATA, "--run", str(run), "--epochs", str(epochs),
+            "--image-size", "32", "--batch-size", "32", "--filters", "16,32", "--hidden-units", "64",
+            "--data-dir", str(data_dir)]
+
+
+def test_sigkilled_run_resumes_where_it_stopped(tmp_path, data_dir):
+    run = tmp_path / "killed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(_train_cmd(run, data_dir, 6), cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    history = run / ".resume" / "history.csv"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if history.exists() and len(history.read_text().splitlines()) >= 3:  # header + 2 epochs
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "training ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "metrics.json").exists() and (run / "config.json").exists()
+
+    done = subprocess.run(_train_cmd(run, data_dir, 6), cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Resuming" in done.stdout
+    started = [line for line in done.stdout.splitlines() if line.startswith("Epoch ")]
+    assert started and not started[0].startswith("Epoch 1/"), started  # did not start over
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 6  # one history across both processes
+    assert not (run / ".resume").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--data", "nonsense:thing"], "unknown data source"),
+    (["--data", "folder:/definitely/not/here"], "folder not found"),
+    (["--data", "shapes", "--epochs", "0"], "EPOCHS=0"),
+    (["--data", "shapes", "--filters", "0"], "filters"),
+])
+def test_cli_errors_are_one_line_and_leave_no_run_folder(tmp_path, capsys, args, message):
+    run = tmp_path / "r"
+    assert cli.main(["train", "--run", str(run), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+    assert not run.exists()
+
+
+def test_bad_image_in_folder_is_named_and_leaves_no_run_folder(tmp_path, capsys):
+    from PIL import Image
+
+    for c in ("a", "b"):
+        (tmp_path / "d" / c).mkdir(parents=True)
+        for i in range(5):
+            Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / "d" / c / f"{i}.png")
+    (tmp_path / "d" / "b" / "broken.jpg").write_bytes(b"\xff\xd8\xff")
+    run = tmp_path / "r"
+    assert cli.main(["train", "--run", str(run), "--data", f"folder:{tmp_path / 'd'}"]) == 2
+    assert "broken.jpg" in capsys.readouterr().err
+    assert not run.exists()
+
+
+def test_predict_and_eval_on_missing_run(tmp_path, capsys):
+    assert cli.main(["predict", "--run", str(tmp_path / "none")]) == 2
+    assert "run folder not found" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["eval", "--run", str(tmp_path / "empty")]) == 2
+    assert "model not found" in capsys.readouterr().err
