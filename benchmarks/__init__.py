@@ -1,0 +1,1 @@
+"""`make bench`: throughput, latency and memory measurements (never run as timed tests)."""
