@@ -23,7 +23,7 @@ class CNNConfig:
     dropout:      dropout rate before each fully connected layer (0 disables it).
     """
 
-    filters: tuple[int, ...] = (32, 64, 128)
+    filters: tuple[int, ...] = (16, 32, 64)
     kernel_size: int = 3
     pool_size: int = 2
     pool_stride: int = 2

@@ -10,6 +10,9 @@ Detection example::
      "boxes": float32 [N, 4]   normalized [ymin, xmin, ymax, xmax],
      "labels": int32 [N]}      index into Source.label_names; N may be 0 (background image)
 
+    optional: "difficult": bool [N]  (VOC difficult / COCO iscrowd) objects evaluation may ignore;
+              present for every example of a source that has it (voc:, coco:, tfds voc / coco)
+
 Images may differ in size between examples; preprocessing resizes them.
 """
 from __future__ import annotations

@@ -3,8 +3,8 @@
     shapes[:key=value,...]   built-in procedural data (keys: seed, size, train, validation, test)
     tfds:NAME[:CONFIG]       a tensorflow-datasets dataset by name (downloads where there is internet)
     folder:PATH              a class-per-subfolder image tree
-    voc:PATH                 Pascal VOC tree (detection)
-    coco:FILE.json           COCO instances file (detection)
+    voc:PATH[,classes=A,B]   Pascal VOC tree (detection)
+    coco:FILE.json[,images=DIR]  COCO instances file (detection)
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from common.errors import ConfigError, DataError, UserError
+from common.errors import ConfigError, UserError
 from pipeline.schema import SPLITS, TASKS, Source
 
 FORMS = "shapes, tfds:NAME, folder:PATH, voc:PATH, coco:FILE.json"
@@ -106,6 +106,55 @@ def _tfds_splits(available: list[str]) -> dict[str, str]:
     return {"train": "train[:80%]", "validation": "train[80%:90%]", "test": "train[90%:]"}
 
 
+def _split_sizes(info, splits: dict[str, str]) -> dict[str, int]:
+    sizes = {}
+    for ours, theirs in splits.items():
+        try:
+            sizes[ours] = info.splits[theirs].num_examples
+        except Exception:
+            sizes[ours] = -1  # unknown (some slicing of mocked metadata); informational only
+    return sizes
+
+
+def _unlabelled_test(builder) -> bool:
+    """VOC 2012 and COCO publish their test images without boxes: no use for measuring a detector."""
+    config = builder.builder_config
+    if getattr(config, "has_test_annotations", True) is False:  # voc
+        return True
+    return any(s.name == "test" and getattr(s, "annotation_type", None) == "none"  # coco
+               for s in getattr(config, "splits", None) or ())
+
+
+def _open_tfds_detection(spec: str, name: str, builder) -> Source:
+    """Datasets with ``image`` and ``objects`` {``bbox`` (normalized [ymin, xmin, ymax, xmax]), ``label``}:
+    voc, coco, ... VOC's ``is_difficult`` / COCO's ``is_crowd`` become the optional ``difficult``."""
+    features = builder.info.features
+    objects = features["objects"] if "objects" in features else None
+    if "image" not in features or objects is None or "bbox" not in objects or "label" not in objects \
+            or not hasattr(objects["label"], "names"):
+        raise ConfigError(f"DATA={spec}: {name} is not an object-detection dataset with image and "
+                          f"objects{{bbox, label}} (features: {list(features.keys())})")
+    flag = next((k for k in ("is_difficult", "is_crowd") if k in objects), None)
+    available = list(builder.info.splits.keys()) or ["train", "validation", "test"]
+    if _unlabelled_test(builder):
+        available = [s for s in available if s != "test"]
+    splits = _tfds_splits(available)
+
+    def convert(ex: dict) -> dict:
+        out = _detection_example(ex)
+        out["image"] = _rgb(ex["image"])
+        if flag:
+            out["difficult"] = tf.cast(ex["objects"][flag], tf.bool)
+        return out
+
+    def load(split: str) -> tf.data.Dataset:
+        ds = builder.as_dataset(split=splits[split], shuffle_files=False)
+        return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+
+    return Source(name=spec, task="detect", label_names=tuple(objects["label"].names),
+                  split_sizes=_split_sizes(builder.info, splits), load_split=load)
+
+
 def open_tfds(spec: str, name: str, task: str, data_dir: Path) -> Source:
     tfds = _quiet_tfds()
     if not name:
@@ -124,7 +173,7 @@ def open_tfds(spec: str, name: str, task: str, data_dir: Path) -> Source:
         ) from None
     info = builder.info
     if task == "detect":
-        raise UserError(f"DATA={spec}: tfds detection datasets are not supported yet")
+        return _open_tfds_detection(spec, name, builder)
     image_key, label_key = info.supervised_keys if info.supervised_keys else ("image", "label")
     features = info.features
     if image_key not in features or label_key not in features or not hasattr(features[label_key], "names"):
@@ -143,14 +192,8 @@ def open_tfds(spec: str, name: str, task: str, data_dir: Path) -> Source:
             num_parallel_calls=tf.data.AUTOTUNE,
         )
 
-    sizes = {}
-    for ours, theirs in splits.items():
-        try:
-            sizes[ours] = info.splits[theirs].num_examples
-        except Exception:
-            sizes[ours] = -1  # unknown (some slicing of mocked metadata); informational only
     return Source(name=spec, task="classify", label_names=tuple(features[label_key].names),
-                  split_sizes=sizes, load_split=load)
+                  split_sizes=_split_sizes(info, splits), load_split=load)
 
 
 def open_source(spec: str, task: str = "classify", *, data_dir: Path | None = None,
@@ -174,7 +217,13 @@ def open_source(spec: str, task: str = "classify", *, data_dir: Path | None = No
 
         return open_folder(spec, rest, seed=seed, skip_bad=skip_bad)
     if kind in ("voc", "coco") and sep:
-        if not Path(rest).expanduser().exists():
-            raise DataError(rest, "not found")
-        raise UserError(f"DATA={spec}: {kind}: annotations are a detection source, which is not available yet")
+        if task != "detect":
+            raise ConfigError(f"DATA={spec}: {kind}: is a detection source; use it with TASK=detect")
+        if kind == "voc":
+            from pipeline.voc_source import open_voc
+
+            return open_voc(spec, rest, seed=seed, skip_bad=skip_bad)
+        from pipeline.coco_source import open_coco
+
+        return open_coco(spec, rest, seed=seed, skip_bad=skip_bad)
     raise ConfigError(f"DATA={spec!r}: unknown data source; expected one of: {FORMS}")

@@ -39,7 +39,7 @@ class TrainConfig:
     task: str = "classify"
     image_size: int = 64
     batch_size: int = 64
-    epochs: int = 12
+    epochs: int = 10
     learning_rate: float = 1e-3
     patience: int = 4
     seed: int = 0

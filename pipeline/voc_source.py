@@ -1,0 +1,360 @@
+"""`voc:PATH[,classes=NAME,NAME...]`: a Pascal VOC tree, for detection.
+
+Layout (PATH may also be a folder holding one ``VOC*/`` or ``VOCdevkit/VOC*/`` tree)::
+
+    PATH/Annotations/<id>.xml          <size>, <object><name>, <bndbox>, optional <difficult>
+    PATH/JPEGImages/<id>.jpg           (the XML's <filename>, else <id> with any image extension)
+    PATH/ImageSets/Main/<split>.txt    train, val, test, trainval: one image id a line
+
+Splits: ``train.txt`` / ``val.txt`` / ``test.txt`` are used as given (val -> validation). Without
+train.txt, train is ``trainval.txt`` less the val / test ids. A missing validation or test is carved
+from train with the seed; without any split file every annotation is used, split 80/10/10.
+
+Label names are the class names found in the training annotations (the pool the train split
+comes from), sorted, as written (case kept); or exactly ``classes=`` in the order given. A class
+in another split that is not among them is an error. ``difficult`` objects are kept and flagged.
+
+Every annotation is parsed and every image's header read up front, so a bad sample is reported
+(or, with skip_bad, skipped and counted) before anything is written; pixels are decoded later,
+in parallel, in tf.data.
+
+The helpers under "Shared with coco_source" are the common tail of both annotation sources:
+one record type, one seeded split, one image-header check, one tf.data builder.
+"""
+from __future__ import annotations
+
+import math
+import re
+import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image, UnidentifiedImageError
+
+from common.errors import ConfigError, DataError
+from pipeline.images import IMAGE_EXTENSIONS, load_rgb
+from pipeline.schema import SPLITS, Skipped, Source
+
+SKIP_HINT = "; fix or remove it, or pass SKIP_BAD=1 to skip and count bad samples"
+HOLDOUT = 0.1  # fraction carved for validation and for test when a source does not provide them
+_VOC_SPLIT_FILES = {"train": "train", "validation": "val", "test": "test"}
+
+
+# --- Shared with coco_source ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Annotated:
+    """One image and its objects, validated.
+
+    boxes: float32 [N, 4] normalized [ymin, xmin, ymax, xmax]; labels: int32 [N];
+    difficult: bool [N] (VOC difficult / COCO iscrowd: evaluation may ignore these objects).
+    """
+
+    image: Path
+    boxes: np.ndarray
+    labels: np.ndarray
+    difficult: np.ndarray
+
+
+def split_spec(spec_rest: str) -> tuple[str, str]:
+    """``PATH,key=value,...`` -> (PATH, "key=value,..."). Options start at the first ``,word=``."""
+    match = re.search(r",(?=[A-Za-z_]+=)", spec_rest)
+    if not match:
+        return spec_rest, ""
+    return spec_rest[:match.start()], spec_rest[match.end():]
+
+
+def parse_options(text: str, allowed: tuple[str, ...], lists: tuple[str, ...], spec: str) -> dict:
+    """``key=v,key2=a,b,c`` -> {key: "v", key2: ["a", "b", "c"]}; a key in ``lists`` takes the
+    bare items that follow it, so ``classes=cat,dog`` reads as one list."""
+    opts: dict = {}
+    key = None
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        if sep and name in allowed:
+            if name in opts:
+                raise ConfigError(f"DATA={spec}: option {name} given twice")
+            key = name
+            opts[name] = [value] if name in lists else value
+        elif not sep and key in lists and item:
+            opts[key].append(item)
+        else:
+            raise ConfigError(f"DATA={spec}: unknown option {item!r}; allowed: "
+                              + ", ".join(f"{k}=NAME,NAME..." if k in lists else f"{k}=VALUE" for k in allowed))
+    return opts
+
+
+def seeded_split(items: list, fractions: tuple[float, ...], seed: int) -> list[list]:
+    """Shuffle ``items`` with ``seed`` and cut off ``fractions`` of them. Returns
+    [rest, part_1, ...], each in the original order; every part gets at least one item when there
+    are more items than parts."""
+    order = np.random.default_rng(seed).permutation(len(items))
+    parts, start = [], 0
+    for frac in fractions:
+        n = max(1, int(round(frac * len(items)))) if len(items) > len(fractions) else 0
+        parts.append(sorted(order[start:start + n].tolist()))
+        start += n
+    rest = sorted(order[start:].tolist())
+    return [[items[i] for i in idx] for idx in [rest, *parts]]
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the image header, without decoding the pixels."""
+    if not path.is_file():
+        raise DataError(path, "image file not found")
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except UnidentifiedImageError:
+        raise DataError(path, "not an image file (unrecognised format)") from None
+    except OSError as e:
+        raise DataError(path, f"unreadable image ({e})") from None
+
+
+def keep_or_skip(results: list, skipped: list[Skipped], skip_bad: bool) -> list:
+    """Results in order, with each ``DataError`` among them raised, or recorded and dropped."""
+    good = []
+    for r in results:
+        if not isinstance(r, DataError):
+            good.append(r)
+        elif skip_bad:
+            skipped.append(Skipped(r.path, r.problem))
+        else:
+            raise DataError(r.path, r.problem + SKIP_HINT)
+    return good
+
+
+def parallel(fn, items: list) -> list:
+    """``fn`` over ``items`` in threads (file reads dominate); a ``DataError`` is returned, not raised."""
+
+    def call(item):
+        try:
+            return fn(item)
+        except DataError as e:
+            return e
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return list(pool.map(call, items))
+
+
+def _decode(path: tf.Tensor) -> tf.Tensor:
+    image = tf.numpy_function(lambda p: load_rgb(p.decode()), [path], tf.uint8, stateful=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def detection_dataset(records: list[Annotated]) -> tf.data.Dataset:
+    """Schema examples {image uint8 [H, W, 3], boxes float32 [N, 4], labels int32 [N],
+    difficult bool [N]}, images decoded in parallel."""
+    counts = np.array([len(r.labels) for r in records], np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    boxes = tf.constant(np.concatenate([r.boxes for r in records] or [np.zeros((0, 4), np.float32)]))
+    labels = tf.constant(np.concatenate([r.labels for r in records] or [np.zeros(0, np.int32)]))
+    difficult = tf.constant(np.concatenate([r.difficult for r in records] or [np.zeros(0, bool)]))
+
+    def example(path, start, count):
+        rows = tf.range(start, start + count)
+        return {"image": _decode(path), "boxes": tf.gather(boxes, rows),
+                "labels": tf.gather(labels, rows), "difficult": tf.gather(difficult, rows)}
+
+    ds = tf.data.Dataset.from_tensor_slices(([str(r.image) for r in records], starts, counts))
+    return ds.map(example, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def detection_source(spec: str, label_names, data: dict[str, list[Annotated]], skipped, where) -> Source:
+    for split in SPLITS:
+        if not data[split]:
+            raise DataError(where, f"the {split} split is empty (after skipping bad samples); add more annotated images")
+    return Source(
+        name=spec, task="detect", label_names=tuple(label_names),
+        split_sizes={s: len(data[s]) for s in SPLITS},
+        load_split=lambda split: detection_dataset(data[split]),
+        skipped=tuple(skipped),
+    )
+
+
+# --- VOC ---------------------------------------------------------------------------------------
+
+
+def voc_box_to_normalized(xmin: float, ymin: float, xmax: float, ymax: float, width: int, height: int):
+    """VOC pixel box (1-based, inclusive: a box covering only the first pixel is 1, 1, 1, 1) ->
+    normalized (ymin, xmin, ymax, xmax). The first pixel spans 0..1/width, so xmin - 1 and xmax."""
+    return (ymin - 1) / height, (xmin - 1) / width, ymax / height, xmax / width
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    """One annotation file, class names not yet turned into indices."""
+
+    xml: Path
+    image: Path
+    names: tuple[str, ...]
+    boxes: np.ndarray
+    difficult: np.ndarray
+
+
+def _text(node: ET.Element, tag: str, xml: Path, where: str = "") -> str:
+    el = node.find(tag)
+    if el is None or not (el.text or "").strip():
+        raise DataError(xml, f"missing <{tag}>{where}")
+    return el.text.strip()
+
+
+def _number(node: ET.Element, tag: str, xml: Path, where: str = "") -> float:
+    text = _text(node, tag, xml, where)
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise DataError(xml, f"<{tag}>{where} is not a number: {text!r}")
+    return value
+
+
+def _find_image(images_dir: Path, image_id: str, filename: str | None) -> Path:
+    candidates = ([images_dir / filename] if filename else []) + [images_dir / (image_id + e) for e in IMAGE_EXTENSIONS]
+    for p in candidates:
+        if p.is_file():
+            return p
+    raise DataError(candidates[0], f"image for annotation {image_id}.xml is missing")
+
+
+def parse_voc_xml(xml: Path, images_dir: Path) -> _Parsed:
+    """Parse and check one annotation file against its image's header.
+
+    Raises DataError naming the file: unparsable XML, a missing field, a box of zero or negative
+    area or outside the image, <size> not matching the image, a missing image.
+    """
+    if not xml.is_file():
+        raise DataError(xml, "annotation file is missing (its id is listed in a split file)")
+    try:
+        root = ET.parse(xml).getroot()
+    except ET.ParseError as e:
+        raise DataError(xml, f"not valid XML ({e})") from None
+    size = root.find("size")
+    if size is None:
+        raise DataError(xml, "missing <size>")
+    width, height = _number(size, "width", xml, " in <size>"), _number(size, "height", xml, " in <size>")
+    if width <= 0 or height <= 0 or width != int(width) or height != int(height):
+        raise DataError(xml, f"<size> must be positive whole pixels, got {width:g}x{height:g}")
+    width, height = int(width), int(height)
+    filename = root.findtext("filename")
+    image = _find_image(images_dir, xml.stem, filename.strip() if filename and filename.strip() else None)
+    actual = image_size(image)
+    if actual != (width, height):
+        raise DataError(xml, f"<size> says {width}x{height} but {image.name} is {actual[0]}x{actual[1]}")
+    names, boxes, difficult = [], [], []
+    for k, obj in enumerate(root.findall("object"), start=1):
+        name = _text(obj, "name", xml, f" in object {k}")
+        where = f" in object {k} ({name})"
+        bnd = obj.find("bndbox")
+        if bnd is None:
+            raise DataError(xml, f"missing <bndbox>{where}")
+        xmin, ymin, xmax, ymax = (_number(bnd, t, xml, where) for t in ("xmin", "ymin", "xmax", "ymax"))
+        box = f"box xmin={xmin:g} ymin={ymin:g} xmax={xmax:g} ymax={ymax:g}"
+        if xmax - xmin + 1 <= 0 or ymax - ymin + 1 <= 0:
+            raise DataError(xml, f"{box}{where} has zero or negative area")
+        if xmin < 1 or ymin < 1 or xmax > width or ymax > height:
+            raise DataError(xml, f"{box}{where} is outside the {width}x{height} image "
+                                 f"(VOC pixels are 1-based: 1..width, 1..height)")
+        flag = (obj.findtext("difficult") or "0").strip()
+        if flag not in ("0", "1"):
+            raise DataError(xml, f"<difficult>{where} must be 0 or 1, got {flag!r}")
+        names.append(name)
+        boxes.append(voc_box_to_normalized(xmin, ymin, xmax, ymax, width, height))
+        difficult.append(flag == "1")
+    return _Parsed(xml, image, tuple(names), np.array(boxes, np.float32).reshape(-1, 4), np.array(difficult, bool))
+
+
+def _voc_root(path: Path) -> Path:
+    if not path.exists():
+        raise DataError(path, "not found")
+    if not path.is_dir():
+        raise DataError(path, "not a folder (voc: expects a Pascal VOC tree with Annotations/ and JPEGImages/)")
+    if (path / "Annotations").is_dir():
+        return path
+    nested = [p for p in (*path.glob("VOC*"), *path.glob("VOCdevkit/VOC*")) if (p / "Annotations").is_dir()]
+    if len(nested) == 1:
+        return nested[0]
+    if nested:
+        raise DataError(path, f"several VOC trees inside ({', '.join(sorted(p.name for p in nested))}); point voc: at one")
+    raise DataError(path, "no Annotations/ folder (expected PATH/Annotations/*.xml and PATH/JPEGImages/)")
+
+
+def _read_ids(path: Path) -> list[str]:
+    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+
+
+def voc_split_ids(root: Path, seed: int) -> tuple[dict[str, list[str]], list[str]]:
+    """Image ids per split, and the pool the train split was drawn from (its classes name the labels).
+
+    The pool is train.txt, else trainval.txt, else every annotation, less the ids that val.txt /
+    test.txt hold out; a held-out split without a file is carved from the pool.
+    """
+    sets = root / "ImageSets" / "Main"
+    files = {name: sets / f"{name}.txt" for name in ("train", "val", "test", "trainval")}
+    have = {name: _read_ids(f) for name, f in files.items() if f.is_file()}
+    held = {split: have[name] for split, name in _VOC_SPLIT_FILES.items() if split != "train" and name in have}
+    if "train" in have:
+        pool = have["train"]
+        for split, ids in held.items():
+            shared = sorted(set(pool) & set(ids))
+            if shared:
+                raise DataError(files[_VOC_SPLIT_FILES[split]], f"{len(shared)} image id(s) also in train.txt "
+                                                               f"(e.g. {shared[0]}); splits must not overlap")
+    else:
+        if "trainval" in have:
+            base = have["trainval"]
+        else:
+            base = sorted(p.stem for p in (root / "Annotations").glob("*.xml"))
+            if not base:
+                raise DataError(root / "Annotations", "no .xml annotation files")
+        listed = {i for ids in held.values() for i in ids}
+        pool = [i for i in base if i not in listed]
+    parts = iter(seeded_split(pool, tuple(HOLDOUT for s in ("validation", "test") if s not in held), seed))
+    splits = {"train": next(parts)}
+    for split in ("validation", "test"):
+        splits[split] = held[split] if split in held else next(parts)
+    return splits, pool
+
+
+def open_voc(spec: str, rest: str, *, seed: int = 0, skip_bad: bool = False) -> Source:
+    path_text, option_text = split_spec(rest)
+    if not path_text:
+        raise ConfigError(f"DATA={spec}: voc: needs a path, e.g. voc:~/VOCdevkit/VOC2007")
+    opts = parse_options(option_text, ("classes",), ("classes",), spec) if option_text else {}
+    classes = opts.get("classes")
+    if classes is not None and (len(set(classes)) != len(classes) or "" in classes):
+        raise ConfigError(f"DATA={spec}: classes= must list distinct, non-empty names")
+    root = _voc_root(Path(path_text).expanduser())
+    splits, pool = voc_split_ids(root, seed)
+    ids = sorted({i for split in splits.values() for i in split})
+    skipped: list[Skipped] = []
+    parsed = parallel(lambda i: parse_voc_xml(root / "Annotations" / f"{i}.xml", root / "JPEGImages"), ids)
+    by_id = {i: p for i, p in zip(ids, parsed)}
+    keep_or_skip(parsed, skipped, skip_bad)  # raise on the first bad file, or record each; by_id keeps the rest
+    if classes is not None:
+        label_names, source_of_names = list(classes), "the classes= list"
+    else:
+        pool_set = set(pool)
+        label_names = sorted({n for i, p in by_id.items() if i in pool_set and isinstance(p, _Parsed) for n in p.names})
+        source_of_names = "the training classes"
+        if not label_names:
+            raise DataError(root / "Annotations", "the training annotations have no objects; a detector needs classes")
+    index = {n: k for k, n in enumerate(label_names)}
+
+    def to_record(p: _Parsed) -> Annotated | DataError:
+        unknown = sorted(set(p.names) - set(index))
+        if unknown:
+            return DataError(p.xml, f"class(es) {unknown} not among {source_of_names} {label_names}")
+        return Annotated(p.image, p.boxes, np.array([index[n] for n in p.names], np.int32).reshape(-1), p.difficult)
+
+    data = {}
+    for split in SPLITS:
+        records = [to_record(by_id[i]) for i in splits[split] if isinstance(by_id[i], _Parsed)]
+        data[split] = keep_or_skip(records, skipped, skip_bad)
+    return detection_source(spec, label_names, data, skipped, root)
