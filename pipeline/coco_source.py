@@ -31,7 +31,7 @@ import numpy as np
 
 from common.errors import ConfigError, DataError
 from pipeline.schema import SPLITS, Skipped, Source
-from pipeline.voc_source import (
+from pipeline.annotation_files import (
     HOLDOUT, Annotated, detection_source, image_size, keep_or_skip, parallel, parse_options, seeded_split, split_spec,
 )
 

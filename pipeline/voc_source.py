@@ -17,167 +17,25 @@ in another split that is not among them is an error. ``difficult`` objects are k
 Every annotation is parsed and every image's header read up front, so a bad sample is reported
 (or, with skip_bad, skipped and counted) before anything is written; pixels are decoded later,
 in parallel, in tf.data.
-
-The helpers under "Shared with coco_source" are the common tail of both annotation sources:
-one record type, one seeded split, one image-header check, one tf.data builder.
 """
 from __future__ import annotations
 
 import math
-import re
 import xml.etree.ElementTree as ET
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
-from PIL import Image, UnidentifiedImageError
 
 from common.errors import ConfigError, DataError
-from pipeline.images import IMAGE_EXTENSIONS, load_rgb
+from pipeline.images import IMAGE_EXTENSIONS
+from pipeline.annotation_files import (
+    HOLDOUT, Annotated, detection_source, image_size, keep_or_skip, parallel, parse_options,
+    seeded_split, split_spec,
+)
 from pipeline.schema import SPLITS, Skipped, Source
 
-SKIP_HINT = "; fix or remove it, or pass SKIP_BAD=1 to skip and count bad samples"
-HOLDOUT = 0.1  # fraction carved for validation and for test when a source does not provide them
 _VOC_SPLIT_FILES = {"train": "train", "validation": "val", "test": "test"}
-
-
-# --- Shared with coco_source ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Annotated:
-    """One image and its objects, validated.
-
-    boxes: float32 [N, 4] normalized [ymin, xmin, ymax, xmax]; labels: int32 [N];
-    difficult: bool [N] (VOC difficult / COCO iscrowd: evaluation may ignore these objects).
-    """
-
-    image: Path
-    boxes: np.ndarray
-    labels: np.ndarray
-    difficult: np.ndarray
-
-
-def split_spec(spec_rest: str) -> tuple[str, str]:
-    """``PATH,key=value,...`` -> (PATH, "key=value,..."). Options start at the first ``,word=``."""
-    match = re.search(r",(?=[A-Za-z_]+=)", spec_rest)
-    if not match:
-        return spec_rest, ""
-    return spec_rest[:match.start()], spec_rest[match.end():]
-
-
-def parse_options(text: str, allowed: tuple[str, ...], lists: tuple[str, ...], spec: str) -> dict:
-    """``key=v,key2=a,b,c`` -> {key: "v", key2: ["a", "b", "c"]}; a key in ``lists`` takes the
-    bare items that follow it, so ``classes=cat,dog`` reads as one list."""
-    opts: dict = {}
-    key = None
-    for item in text.split(","):
-        name, sep, value = item.partition("=")
-        if sep and name in allowed:
-            if name in opts:
-                raise ConfigError(f"DATA={spec}: option {name} given twice")
-            key = name
-            opts[name] = [value] if name in lists else value
-        elif not sep and key in lists and item:
-            opts[key].append(item)
-        else:
-            raise ConfigError(f"DATA={spec}: unknown option {item!r}; allowed: "
-                              + ", ".join(f"{k}=NAME,NAME..." if k in lists else f"{k}=VALUE" for k in allowed))
-    return opts
-
-
-def seeded_split(items: list, fractions: tuple[float, ...], seed: int) -> list[list]:
-    """Shuffle ``items`` with ``seed`` and cut off ``fractions`` of them. Returns
-    [rest, part_1, ...], each in the original order; every part gets at least one item when there
-    are more items than parts."""
-    order = np.random.default_rng(seed).permutation(len(items))
-    parts, start = [], 0
-    for frac in fractions:
-        n = max(1, int(round(frac * len(items)))) if len(items) > len(fractions) else 0
-        parts.append(sorted(order[start:start + n].tolist()))
-        start += n
-    rest = sorted(order[start:].tolist())
-    return [[items[i] for i in idx] for idx in [rest, *parts]]
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the image header, without decoding the pixels."""
-    if not path.is_file():
-        raise DataError(path, "image file not found")
-    try:
-        with Image.open(path) as img:
-            return img.size
-    except UnidentifiedImageError:
-        raise DataError(path, "not an image file (unrecognised format)") from None
-    except OSError as e:
-        raise DataError(path, f"unreadable image ({e})") from None
-
-
-def keep_or_skip(results: list, skipped: list[Skipped], skip_bad: bool) -> list:
-    """Results in order, with each ``DataError`` among them raised, or recorded and dropped."""
-    good = []
-    for r in results:
-        if not isinstance(r, DataError):
-            good.append(r)
-        elif skip_bad:
-            skipped.append(Skipped(r.path, r.problem))
-        else:
-            raise DataError(r.path, r.problem + SKIP_HINT)
-    return good
-
-
-def parallel(fn, items: list) -> list:
-    """``fn`` over ``items`` in threads (file reads dominate); a ``DataError`` is returned, not raised."""
-
-    def call(item):
-        try:
-            return fn(item)
-        except DataError as e:
-            return e
-
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        return list(pool.map(call, items))
-
-
-def _decode(path: tf.Tensor) -> tf.Tensor:
-    image = tf.numpy_function(lambda p: load_rgb(p.decode()), [path], tf.uint8, stateful=False)
-    image.set_shape([None, None, 3])
-    return image
-
-
-def detection_dataset(records: list[Annotated]) -> tf.data.Dataset:
-    """Schema examples {image uint8 [H, W, 3], boxes float32 [N, 4], labels int32 [N],
-    difficult bool [N]}, images decoded in parallel."""
-    counts = np.array([len(r.labels) for r in records], np.int64)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-    boxes = tf.constant(np.concatenate([r.boxes for r in records] or [np.zeros((0, 4), np.float32)]))
-    labels = tf.constant(np.concatenate([r.labels for r in records] or [np.zeros(0, np.int32)]))
-    difficult = tf.constant(np.concatenate([r.difficult for r in records] or [np.zeros(0, bool)]))
-
-    def example(path, start, count):
-        rows = tf.range(start, start + count)
-        return {"image": _decode(path), "boxes": tf.gather(boxes, rows),
-                "labels": tf.gather(labels, rows), "difficult": tf.gather(difficult, rows)}
-
-    ds = tf.data.Dataset.from_tensor_slices(([str(r.image) for r in records], starts, counts))
-    return ds.map(example, num_parallel_calls=tf.data.AUTOTUNE)
-
-
-def detection_source(spec: str, label_names, data: dict[str, list[Annotated]], skipped, where) -> Source:
-    for split in SPLITS:
-        if not data[split]:
-            raise DataError(where, f"the {split} split is empty (after skipping bad samples); add more annotated images")
-    return Source(
-        name=spec, task="detect", label_names=tuple(label_names),
-        split_sizes={s: len(data[s]) for s in SPLITS},
-        load_split=lambda split: detection_dataset(data[split]),
-        skipped=tuple(skipped),
-    )
-
-
-# --- VOC ---------------------------------------------------------------------------------------
 
 
 def voc_box_to_normalized(xmin: float, ymin: float, xmax: float, ymax: float, width: int, height: int):
