@@ -2,7 +2,8 @@
 #
 #   make demo                      train on the built-in shapes, evaluate, predict a sample
 #   make train [TASK= DATA= RUN= EPOCHS= SEED= ...]
-#   make eval | predict IMAGE=... | bench | test
+#   make export [QUANT=int8|float32|float16|dynamic|int8-qat|all PRUNE=0.5 CALIB=200 MIN_AGREEMENT=0.98 INT8_IO=uint8]
+#   make eval | predict IMAGE=... [MODEL=RUN/export/model_int8.tflite] | bench | test
 #
 # Variables (all optional):
 #   TASK=classify|detect   DATA=shapes|tfds:NAME|folder:PATH|voc:PATH|coco:FILE.json
@@ -31,7 +32,9 @@ TRAIN_ARGS = --task $(TASK) --data '$(DATA)' --run '$(RUN)' --seed $(SEED) \
 	$(call opt,--dropout,$(DROPOUT)) $(call opt,--data-dir,$(DATA_DIR)) \
 	$(if $(filter 0 no false,$(FLIP)),--no-flip) $(call flag,--force,$(FORCE)) $(call flag,--skip-bad,$(SKIP_BAD))
 
-.PHONY: setup demo train eval predict bench test clean
+QUANT ?= int8
+
+.PHONY: setup demo train eval predict export bench test clean
 
 setup: $(STAMP)
 
@@ -55,6 +58,10 @@ eval: $(STAMP)
 
 predict: $(STAMP)
 	$(PY) cli.py predict --run '$(RUN)' $(call opt,--image,$(IMAGE)) $(call opt,--model,$(MODEL))
+
+export: $(STAMP)
+	$(PY) cli.py export --run '$(RUN)' --quant $(QUANT) $(call opt,--prune,$(PRUNE)) $(call opt,--calib,$(CALIB)) \
+		$(call opt,--min-agreement,$(MIN_AGREEMENT)) $(call opt,--int8-io,$(INT8_IO)) $(call opt,--data-dir,$(DATA_DIR))
 
 bench: $(STAMP)
 	$(PY) cli.py bench --out runs/bench

@@ -3,6 +3,7 @@
     python cli.py train   --data shapes --run runs/classify-shapes --epochs 12 --seed 0
     python cli.py eval    --run RUN [--data SPEC] [--model FILE.tflite]
     python cli.py predict --run RUN [--image PATH] [--model FILE.tflite]
+    python cli.py export  --run RUN --quant int8|float32|float16|dynamic|int8-qat|all [--prune 0.5]
     python cli.py bench   [--out runs/bench]
 
 A ``UserError`` (bad path, bad file, bad setting) prints one line and exits 2;
@@ -17,6 +18,7 @@ import sys
 from pathlib import Path
 
 from common.errors import UserError
+from export.command import add_export_args, run_export
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -66,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--image", type=Path, default=None, help="default: a sample image from the run folder")
     p.add_argument("--model", type=Path, default=None, help="a .tflite (runs as on a phone) or .keras file")
     p.add_argument("--top-k", type=int, default=5)
+
+    p = sub.add_parser("export", help="convert a run's model to verified .tflite files in RUN/export/")
+    add_export_args(p)
 
     p = sub.add_parser("bench", help="input-pipeline benchmark: tf.data vs model consumption vs a naive feed")
     p.add_argument("--out", type=Path, default=Path("runs/bench"))
@@ -156,7 +161,7 @@ def cmd_bench(args) -> None:
     run_pipeline_benchmark(args.data, args.out, data_dir=args.data_dir)
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "bench": cmd_bench}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "export": run_export, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

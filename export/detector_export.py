@@ -1,0 +1,368 @@
+"""SSD detector -> .tflite with the standard ``TFLite_Detection_PostProcess`` op and MediaPipe metadata.
+
+The TF Object Detection API's way: the serving function ends in an empty
+``tf.function(experimental_implements="TFLite_Detection_PostProcess ...")``
+stub taking (box deltas [1, A, 4], class scores [1, A, C + 1], anchors [A, 4]);
+the converter replaces the stub by the TFLite op, which decodes the boxes
+against the anchors (baked in as a constant, from the SAME ``AnchorConfig``
+as training), applies NMS, and outputs
+
+    boxes   float32 [1, K, 4]  normalized [ymin, xmin, ymax, xmax]
+    classes float32 [1, K]     0-based class index (labels.txt order)
+    scores  float32 [1, K]
+    count   float32 [1]
+
+in that order (the converter orders the signature's outputs arbitrarily;
+``order_detection_outputs`` rewrites the subgraph's output list to the op's
+order, which MediaPipe and the metadata assume).
+
+The model is exported through ``keras.export.ExportArchive``, which freezes the
+Keras 3 variables; a plain tf.Module wrapper leaves them as VAR_HANDLE ops and
+int8 calibration crashes. Quantization modes: ``float32`` (reference) and
+``int8`` (int8 body, uint8 input, float outputs from the post-processing op),
+each configured in exactly one function below.
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from common.errors import ConfigError, UserError
+from models.anchors import AnchorConfig, generate_anchors
+from models.box_coding import BOX_VARIANCES
+
+DETECTOR_MODES = ("float32", "int8")
+POSTPROCESS_OP = "TFLite_Detection_PostProcess"
+OUTPUT_NAMES = ("boxes", "classes", "scores", "count")
+# Metadata tensor names MediaPipe's ObjectDetector looks the outputs up by.
+METADATA_OUTPUT_NAMES = ("location", "category", "score", "number of detections")
+
+
+@dataclass(frozen=True)
+class PostProcess:
+    """Attributes of the TFLite_Detection_PostProcess op.
+
+    score_threshold: detections below it are never output (MediaPipe's own threshold filters further).
+    iou_threshold:   NMS overlap.
+    max_detections:  K, rows of the outputs.
+    use_regular_nms: False is the op's fast class-agnostic NMS (one class per box), the usual choice.
+    """
+
+    score_threshold: float = 0.01
+    iou_threshold: float = 0.5
+    max_detections: int = 100
+    use_regular_nms: bool = False
+    detections_per_class: int = 100
+
+
+def anchors_center_form(anchors: AnchorConfig) -> np.ndarray:
+    """The op's anchor input: float32 [A, 4] [ycenter, xcenter, height, width] of ``generate_anchors``."""
+    a = generate_anchors(anchors)
+    return np.stack([(a[:, 0] + a[:, 2]) / 2, (a[:, 1] + a[:, 3]) / 2, a[:, 2] - a[:, 0], a[:, 3] - a[:, 1]],
+                    axis=1).astype(np.float32)
+
+
+def implements_signature(num_classes: int, post: PostProcess) -> str:
+    """The ``experimental_implements`` text the converter turns into the op with these attributes.
+
+    The op's scales are the reciprocals of the box coder's variances (``models.box_coding``).
+    """
+    y, x, h, w = (1.0 / v for v in BOX_VARIANCES)
+    attrs = [
+        ("max_detections", "i", int(post.max_detections)),
+        ("max_classes_per_detection", "i", 1),
+        ("detections_per_class", "i", int(post.detections_per_class)),
+        ("use_regular_nms", "b", str(bool(post.use_regular_nms)).lower()),
+        ("nms_score_threshold", "f", float(post.score_threshold)),
+        ("nms_iou_threshold", "f", float(post.iou_threshold)),
+        ("y_scale", "f", y), ("x_scale", "f", x), ("h_scale", "f", h), ("w_scale", "f", w),
+        ("num_classes", "i", int(num_classes)),
+    ]
+    return " ".join([f'name: "{POSTPROCESS_OP}"'] +
+                    [f'attr {{ key: "{k}" value {{ {t}: {v} }} }}' for k, t, v in attrs])
+
+
+def _postprocess_stub(num_classes: int, post: PostProcess):
+    import tensorflow as tf
+
+    @tf.function(experimental_implements=implements_signature(num_classes, post))
+    def postprocess(box_encodings, class_predictions, anchors):  # noqa: ARG001 -- replaced by the TFLite op
+        k = post.max_detections
+        return (tf.zeros([1, k, 4], tf.float32, name="boxes"), tf.zeros([1, k], tf.float32, name="classes"),
+                tf.zeros([1, k], tf.float32, name="scores"), tf.zeros([1], tf.float32, name="count"))
+
+    return postprocess
+
+
+def write_saved_model(model, anchors: AnchorConfig, num_classes: int, post: PostProcess, path: Path) -> None:
+    """A SavedModel whose ``serving_default`` maps float32 [1, S, S, 3] 0..255 to the four detection outputs."""
+    import keras
+    import tensorflow as tf
+
+    from models.ssd import split_predictions
+
+    size = anchors.input_size
+    anchor_const = anchors_center_form(anchors)
+    postprocess = _postprocess_stub(num_classes, post)
+
+    def serve(image):
+        deltas, logits = split_predictions(model(image, training=False))
+        scores = tf.nn.softmax(logits, axis=-1)  # the op takes scores, background in column 0
+        boxes, classes, det_scores, count = postprocess(deltas, scores, tf.constant(anchor_const))
+        return dict(zip(OUTPUT_NAMES, (boxes, classes, det_scores, count)))
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(name="serve", fn=serve,
+                         input_signature=[tf.TensorSpec([1, size, size, 3], tf.float32, name="image")])
+    archive.write_out(str(path), verbose=False)
+
+
+def _configure_float32(converter, calibration) -> None:
+    """No optimisation: float32 weights and activations (the reference export)."""
+
+
+def _configure_int8(converter, calibration) -> None:
+    """int8 weights and activations from calibration, uint8 input; the post-processing op's
+    outputs stay float32 (they are boxes, ids and scores, not activations)."""
+    import tensorflow as tf
+
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([image] for image in calibration)
+    # BUILTINS alongside BUILTINS_INT8 only for the float tail of the post-processing op.
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+    converter.inference_input_type = tf.uint8
+
+
+_CONFIGURE = {"float32": _configure_float32, "int8": _configure_int8}
+
+
+def calibration_samples(images: Iterable[np.ndarray], size: int) -> list[np.ndarray]:
+    """float32 [1, S, S, 3] 0..255 calibration images, plus one full-range image so the uint8
+    input scale stays camera-like (exactly 0..255)."""
+    from export.convert import full_range_image
+
+    samples = []
+    for i, image in enumerate(images):
+        image = np.asarray(image, np.float32).reshape((-1, size, size, 3))
+        samples += [image[j:j + 1] for j in range(len(image))]
+    if not samples:
+        raise UserError("int8 export needs calibration images (the validation split is empty)")
+    return [full_range_image(size)] + samples
+
+
+def convert_detector(model, anchors: AnchorConfig, num_classes: int, mode: str, *,
+                     calibration: Iterable[np.ndarray] | None = None, post: PostProcess = PostProcess()) -> bytes:
+    """Keras 3 SSD -> .tflite bytes (no metadata), outputs boxes, classes, scores, count.
+
+    Args:
+        model: maps float32 [B, S, S, 3] 0..255 to predictions [B, A, 4 + C + 1] (models.ssd).
+        anchors: the model's AnchorConfig (baked into the graph).
+        mode: "float32" or "int8".
+        calibration: for int8, float32 [1, S, S, 3] 0..255 images made by pipeline.preprocess.
+    """
+    import tensorflow as tf
+
+    if mode not in DETECTOR_MODES:
+        raise ConfigError(f"QUANT={mode}: detector export supports {', '.join(DETECTOR_MODES)} (or all)")
+    samples = calibration_samples(calibration or [], anchors.input_size) if mode == "int8" else None
+    with tempfile.TemporaryDirectory(prefix="detector-savedmodel-") as tmp:
+        write_saved_model(model, anchors, num_classes, post, Path(tmp) / "saved_model")
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(Path(tmp) / "saved_model"))
+        _CONFIGURE[mode](converter, samples)
+        tflite = bytes(converter.convert())
+    return order_detection_outputs(tflite)
+
+
+# ---------------------------------------------------------------------------------------------
+# Flatbuffer surgery and inspection (the TFLite schema that MediaPipe ships; see export.metadata)
+
+
+def _model_t(model_bytes: bytes):
+    from export.metadata import _schemas
+
+    model_fb, _ = _schemas()
+    return model_fb, model_fb.ModelT.InitFromObj(model_fb.Model.GetRootAsModel(model_bytes, 0))
+
+
+def op_names(model_bytes: bytes) -> list[str]:
+    """Every operator of subgraph 0, by builtin name or custom code, in execution order."""
+    model_fb, model = _model_t(model_bytes)
+    builtin = {v: k for k, v in vars(model_fb.BuiltinOperator).items() if not k.startswith("_")}
+    names = []
+    for op in model.subgraphs[0].operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        if code.customCode:
+            names.append(code.customCode.decode() if isinstance(code.customCode, bytes) else code.customCode)
+        else:
+            names.append(builtin.get(max(code.builtinCode, code.deprecatedBuiltinCode), "?"))
+    return names
+
+
+def order_detection_outputs(model_bytes: bytes) -> bytes:
+    """Make the model's outputs exactly the post-processing op's outputs, in its order
+    (boxes, classes, scores, count), and name those tensors accordingly."""
+    import flatbuffers
+
+    from export.metadata import MODEL_FILE_IDENTIFIER
+
+    model_fb, model = _model_t(model_bytes)
+    graph = model.subgraphs[0]
+    ops = [op for op in graph.operators
+           if (model.operatorCodes[op.opcodeIndex].customCode or b"") in (POSTPROCESS_OP, POSTPROCESS_OP.encode())]
+    if len(ops) != 1:
+        raise RuntimeError(f"expected one {POSTPROCESS_OP} op in the converted model, found {len(ops)}")
+    outputs = [int(i) for i in ops[0].outputs]
+    if sorted(outputs) != sorted(int(i) for i in graph.outputs):
+        raise RuntimeError(f"the model's outputs {list(graph.outputs)} are not the {POSTPROCESS_OP} outputs {outputs}")
+    graph.outputs = outputs
+    for name, index in zip(OUTPUT_NAMES, outputs):
+        graph.tensors[index].name = name
+    for sig in model.signatureDefs or []:
+        by_index = {int(t.tensorIndex): t for t in sig.outputs}
+        sig.outputs = [by_index[i] for i in outputs if i in by_index]
+        for t, name in zip(sig.outputs, OUTPUT_NAMES):
+            t.name = name
+    builder = flatbuffers.Builder(0)
+    builder.Finish(model.Pack(builder), MODEL_FILE_IDENTIFIER)
+    return bytes(builder.Output())
+
+
+# ---------------------------------------------------------------------------------------------
+# Metadata for MediaPipe Tasks' ObjectDetector
+
+
+def detector_metadata(image, *, name: str, description: str, version: str, labels_file: str):
+    """A ModelMetadataT: image in; location, category (labels_file), score, number of detections out.
+
+    Mirrors MediaPipe's ``MetadataWriter.add_detection_output``: bounding-box properties
+    (order top, left, bottom, right; ratio coordinates), a value-label file on the
+    category tensor, and the three per-detection tensors grouped.
+    """
+    from export.metadata import _image_tensor_metadata, _schemas
+
+    _, meta = _schemas()
+
+    def tensor(name, description, content_type, properties, content_range=True):
+        content = meta.ContentT()
+        content.contentPropertiesType, content.contentProperties = content_type, properties
+        if content_range:
+            rng = meta.ValueRangeT()
+            rng.min, rng.max = 2, 2
+            content.range = rng
+        t = meta.TensorMetadataT()
+        t.name, t.description, t.content = name, description, content
+        t.stats = meta.StatsT()
+        return t
+
+    box = meta.BoundingBoxPropertiesT()
+    box.index = [1, 0, 3, 2]
+    box.type = meta.BoundingBoxType.BOUNDARIES
+    box.coordinateType = meta.CoordinateType.RATIO
+    location = tensor("location", "Boxes [ymin, xmin, ymax, xmax], normalized.",
+                      meta.ContentProperties.BoundingBoxProperties, box)
+    category = tensor("category", "Class index of each box (labels.txt line).",
+                      meta.ContentProperties.FeatureProperties, meta.FeaturePropertiesT())
+    labels = meta.AssociatedFileT()
+    labels.name, labels.description = labels_file, "Class names, one per line, in class index order."
+    labels.type = meta.AssociatedFileType.TENSOR_VALUE_LABELS
+    category.associatedFiles = [labels]
+    score = tensor("score", "Score of each box.", meta.ContentProperties.FeatureProperties,
+                   meta.FeaturePropertiesT())
+    number = tensor("number of detections", "Number of valid boxes.", meta.ContentProperties.FeatureProperties,
+                    meta.FeaturePropertiesT(), content_range=False)
+    group = meta.TensorGroupT()
+    group.name, group.tensorNames = "detection_result", ["location", "category", "score"]
+
+    subgraph = meta.SubGraphMetadataT()
+    subgraph.inputTensorMetadata = [_image_tensor_metadata(image)]
+    subgraph.outputTensorMetadata = [location, category, score, number]
+    subgraph.outputTensorGroups = [group]
+    model = meta.ModelMetadataT()
+    model.name, model.description, model.version = name, description, version
+    model.subgraphMetadata = [subgraph]
+    model.minParserVersion = "1.2.0"  # tensor groups
+    return model
+
+
+def with_detector_metadata(model_bytes: bytes, labels: list[str], *, name: str, description: str,
+                           version: str = "1") -> bytes:
+    """Embed detector metadata and labels.txt, so MediaPipe's ObjectDetector (and our predict) can use
+    the .tflite on its own. The input is raw RGB 0..255 (mean 0, std 1): the model rescales in-graph."""
+    from export.metadata import LABELS_FILE, ImageInput, attach_metadata
+
+    size = _input_size(model_bytes)
+    metadata = detector_metadata(ImageInput(size=size), name=name, description=description, version=version,
+                                 labels_file=LABELS_FILE)
+    labels_txt = "".join(f"{label}\n" for label in labels).encode("utf-8")
+    return attach_metadata(model_bytes, metadata, {LABELS_FILE: labels_txt})
+
+
+def _input_size(model_bytes: bytes) -> int:
+    _, model = _model_t(model_bytes)
+    graph = model.subgraphs[0]
+    return int(graph.tensors[graph.inputs[0]].shape[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# The run-folder command
+
+
+def export_detector(run_dir: Path, modes: Iterable[str] = DETECTOR_MODES, *, data: str | None = None,
+                    data_dir: Path | None = None, calibration_images: int = 100,
+                    out_dir: Path | None = None, verify_images: int = 20) -> dict:
+    """Export RUN's detector as RUN/export/detector-<mode>.tflite (with metadata and labels).
+
+    Each file is verified before it is reported: loaded in the LiteRT interpreter, run on
+    ``verify_images`` test images and scored against the Keras model (mAP@.5 of both on
+    those images). Returns {mode: {"path", "bytes", "verify": {...}}}.
+    """
+    from common.run_folder import RunFolder, write_bytes, write_json
+    from pipeline.coco_eval import evaluate_detector
+    from pipeline.detect_predict import TFLiteDetector
+    from pipeline.detection_dataset import detection_eval_dataset
+    from pipeline.sources import open_source
+    from pipeline.train_detector import DetectTrainConfig, keras_detect_fn, load_detector_model
+
+    run = RunFolder(Path(run_dir))
+    model_path = run.require_model()
+    cfg = DetectTrainConfig.from_dict(run.read_config())
+    labels = run.read_labels()
+    modes = list(dict.fromkeys(modes))
+    for mode in modes:
+        if mode not in DETECTOR_MODES:
+            raise ConfigError(f"QUANT={mode}: detector export supports {', '.join(DETECTOR_MODES)} (or all)")
+    model = load_detector_model(model_path)
+    source = open_source(data or cfg.data, "detect", data_dir=data_dir, seed=cfg.seed)
+    if list(source.label_names) != labels:
+        raise UserError(f"DATA={data or cfg.data}: its classes {list(source.label_names)} differ from the run's {labels}")
+    size = cfg.image_size
+    calib_split = "validation" if source.split_sizes.get("validation", 0) else "train"
+    calibration = [b["image"].numpy() for b in
+                   detection_eval_dataset(source, calib_split, size, 1).take(calibration_images)]
+    verify_split = "test" if source.split_sizes.get("test", 0) else calib_split
+    verify_batches = list(detection_eval_dataset(source, verify_split, size, 1).take(verify_images))
+    keras_metrics, _, _ = evaluate_detector(keras_detect_fn(model, cfg), verify_batches, labels)
+    post = PostProcess(score_threshold=cfg.score_threshold, iou_threshold=cfg.nms_iou,
+                       max_detections=cfg.max_detections)
+    out_dir = Path(out_dir) if out_dir is not None else run.export
+    results = {}
+    for mode in modes:
+        tflite = convert_detector(model, cfg.ssd.anchors, len(labels), mode, calibration=calibration, post=post)
+        tflite = with_detector_metadata(tflite, labels, name=f"SSD detector ({mode})",
+                                        description=f"SSD MobileNetV2 trained on {cfg.data}; {mode}.")
+        path = out_dir / f"detector-{mode}.tflite"
+        write_bytes(path, tflite)
+        tfl_metrics, _, _ = evaluate_detector(TFLiteDetector(path).detect_batch, verify_batches, labels)
+        results[mode] = {"path": str(path), "bytes": len(tflite),
+                         "verify": {"images": len(verify_batches), "keras_map50": keras_metrics["map50"],
+                                    "tflite_map50": tfl_metrics["map50"], "keras_map": keras_metrics["map"],
+                                    "tflite_map": tfl_metrics["map"]}}
+        print(f"{path}: {len(tflite) / 1e6:.2f} MB; mAP@.5 on {len(verify_batches)} {verify_split} images: "
+              f"tflite {tfl_metrics['map50']:.3f} vs keras {keras_metrics['map50']:.3f}")
+    write_json(out_dir / "detector-export.json", results)
+    return results

@@ -1,0 +1,142 @@
+"""Running a .tflite the way a phone does: ai_edge_litert's Interpreter (XNNPACK by default).
+
+``TFLiteModel`` is the task-agnostic part (load, quantize inputs, dequantize
+outputs, time); ``TFLiteClassifier`` adds labels and the shared preprocessing.
+A detector runner can reuse ``TFLiteModel`` as is.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common.errors import UserError
+from export.metadata import read_metadata
+
+
+def _model_bytes(model: bytes | str | Path) -> tuple[bytes, str]:
+    """(bytes, a name for messages) from .tflite bytes or a path."""
+    if isinstance(model, (bytes, bytearray)):
+        return bytes(model), "<tflite bytes>"
+    path = Path(model)
+    if not path.exists():
+        raise UserError(f"{path}: model file not found")
+    return path.read_bytes(), str(path)
+
+
+def quantize(values: np.ndarray, detail: dict) -> np.ndarray:
+    """float values -> the tensor's dtype, using its (scale, zero_point); float tensors pass through."""
+    dtype = detail["dtype"]
+    scale, zero_point = detail["quantization"]
+    if not np.issubdtype(dtype, np.integer):
+        return values.astype(dtype)
+    if scale == 0:
+        raise ValueError(f"integer tensor {detail['name']!r} has no quantization scale")
+    info = np.iinfo(dtype)
+    return np.clip(np.round(values / scale + zero_point), info.min, info.max).astype(dtype)
+
+
+def dequantize(values: np.ndarray, detail: dict) -> np.ndarray:
+    """The tensor's values as float32 (integer tensors mapped back with scale and zero point)."""
+    scale, zero_point = detail["quantization"]
+    if not np.issubdtype(detail["dtype"], np.integer):
+        return values.astype(np.float32)
+    return ((values.astype(np.float32) - zero_point) * scale).astype(np.float32)
+
+
+class TFLiteModel:
+    """One interpreter over a .tflite with a single image input [1, S, S, 3]."""
+
+    def __init__(self, model: bytes | str | Path, threads: int = 1):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.model_bytes, self.name = _model_bytes(model)
+        try:
+            self.interpreter = Interpreter(model_content=self.model_bytes, num_threads=threads)
+            self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as e:
+            raise UserError(f"{self.name}: not a loadable .tflite model ({str(e).splitlines()[0]})") from None
+        self.input = self.interpreter.get_input_details()[0]
+        self.outputs = self.interpreter.get_output_details()
+
+    @property
+    def input_dtype(self) -> np.dtype:
+        return np.dtype(self.input["dtype"])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.input["shape"][1])
+
+    def run(self, images: np.ndarray) -> list[np.ndarray]:
+        """float32 [1, S, S, 3] 0..255 -> every output dequantized to float32 (batch 1)."""
+        self.interpreter.set_tensor(self.input["index"], quantize(np.asarray(images, np.float32), self.input))
+        self.interpreter.invoke()
+        return [dequantize(self.interpreter.get_tensor(d["index"]), d) for d in self.outputs]
+
+    def predict_batch(self, images: np.ndarray) -> np.ndarray:
+        """float32 [B, S, S, 3] 0..255 -> the first output for each image, float32 [B, ...]."""
+        images = np.asarray(images, np.float32)
+        return np.stack([self.run(images[i:i + 1])[0][0] for i in range(len(images))])
+
+    def tensor_types(self) -> dict[str, np.dtype]:
+        """name -> dtype of every tensor in the graph (to check a model is integer-only)."""
+        return {d["name"]: np.dtype(d["dtype"]) for d in self.interpreter.get_tensor_details()}
+
+
+class TFLiteClassifier:
+    """An exported classifier, run exactly as a phone would run it.
+
+    label_names: from the model's embedded labels, else labels.txt beside the file.
+    image_size:  side S of the model's [1, S, S, 3] input.
+    """
+
+    def __init__(self, path: str | Path, threads: int = 1):
+        self.model = TFLiteModel(path, threads=threads)
+        self.path = Path(path)
+        self.image_size = self.model.image_size
+        self.metadata = read_metadata(self.model.model_bytes)
+        labels = self.metadata.labels if self.metadata else []
+        if not labels:
+            labels_file = self.path.parent / "labels.txt"
+            if not labels_file.exists():
+                raise UserError(f"{self.path}: the model has no embedded labels and {labels_file} does not exist")
+            labels = [line.strip() for line in labels_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        self.label_names = labels
+
+    def predict_image(self, image: np.ndarray) -> np.ndarray:
+        """Raw uint8 [H, W, 3] RGB -> float32 [C] probabilities (resized by the shared preprocessing)."""
+        from pipeline.preprocess import preprocess_image
+
+        pixels = preprocess_image(np.asarray(image), self.image_size).numpy()
+        return self.predict_batch(pixels[None].astype(np.float32))[0]
+
+    def predict_batch(self, images: np.ndarray) -> np.ndarray:
+        """float32 [B, S, S, 3] 0..255 (already preprocessed) -> float32 [B, C] probabilities."""
+        return self.model.predict_batch(images)
+
+
+def measure_latency(model_bytes_or_path: bytes | str | Path, runs: int = 50, threads: int = 1,
+                    warmup: int = 5) -> dict:
+    """Time single-image inference on this CPU.
+
+    Returns {"median_ms", "p90_ms", "mean_ms", "min_ms", "runs", "threads"}; the
+    input is a fixed random image of the model's input dtype.
+    """
+    model = TFLiteModel(model_bytes_or_path, threads=threads)
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=model.input["shape"]).astype(np.float32)
+    interp = model.interpreter
+    interp.set_tensor(model.input["index"], quantize(pixels, model.input))
+    for _ in range(warmup):
+        interp.invoke()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        interp.invoke()
+        times.append((time.perf_counter() - start) * 1000.0)
+    times = np.asarray(times)
+    return {
+        "median_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90)),
+        "mean_ms": float(times.mean()), "min_ms": float(times.min()), "runs": int(runs), "threads": int(threads),
+    }

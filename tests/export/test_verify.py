@@ -1,0 +1,43 @@
+"""Verification passes a faithful model and catches corrupted ones."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from common.errors import UserError
+from export.convert import convert_keras
+from export.exporter import _predict
+from export.runtime import TFLiteModel
+from export.verify import check_agreement, verify_classifier
+
+
+@pytest.fixture
+def reference(export_data):
+    return _predict(export_data.model, export_data.test_images)
+
+
+def test_faithful_model_passes(converted, export_data, reference):
+    result = verify_classifier(converted["float32"], export_data.test_images, export_data.test_labels, reference)
+    assert result.agreement == 1.0 and result.examples == len(export_data.test_labels)
+    assert result.accuracy == pytest.approx(result.reference_accuracy)
+    check_agreement({"float32": result}, 0.98)
+
+
+def test_model_with_corrupted_weights_fails(export_data, reference):
+    import keras
+
+    broken = keras.models.clone_model(export_data.model)
+    broken.set_weights(export_data.model.get_weights())
+    layer = broken.get_layer("probabilities")
+    kernel, bias = layer.get_weights()
+    layer.set_weights([np.roll(kernel, 1, axis=1), np.roll(bias, 1)])  # class i now scores as i+1
+    result = verify_classifier(convert_keras(broken, "float32"), export_data.test_images, export_data.test_labels,
+                               reference)
+    assert result.agreement < 0.5
+    with pytest.raises(UserError, match="disagrees"):
+        check_agreement({"float32": result}, 0.98)
+
+
+def test_truncated_model_is_a_user_error(converted):
+    with pytest.raises(UserError, match="not a loadable"):
+        TFLiteModel(converted["int8"][: len(converted["int8"]) // 2])
