@@ -1,6 +1,6 @@
 # The front door. Every target sets up .venv on first use, then calls cli.py.
 #
-#   make demo                      train on the built-in shapes, evaluate, predict a sample
+#   make demo                      the whole chain on the built-in shapes: train, export int8, predict
 #   make train [TASK= DATA= RUN= EPOCHS= SEED= ...]
 #   make export [QUANT=int8|float32|float16|dynamic|int8-qat|all PRUNE=0.5 CALIB=200 MIN_AGREEMENT=0.98 INT8_IO=uint8]
 #   make eval | predict IMAGE=... [MODEL=RUN/export/model_int8.tflite] | bench | test
@@ -47,8 +47,8 @@ $(STAMP): requirements.txt requirements-nodeps.txt
 
 demo: $(STAMP)
 	$(PY) cli.py train $(TRAIN_ARGS)
-	$(PY) cli.py eval --run '$(RUN)'
-	$(PY) cli.py predict --run '$(RUN)'
+	$(PY) cli.py export --run '$(RUN)' --quant int8
+	$(PY) cli.py predict --run '$(RUN)' --model '$(RUN)/export/model_int8.tflite'
 
 train: $(STAMP)
 	$(PY) cli.py train $(TRAIN_ARGS)
