@@ -2,6 +2,8 @@
 #
 #   make demo                      the whole chain on the built-in shapes: train, export int8, predict
 #   make train [TASK= DATA= RUN= EPOCHS= SEED= ...]
+#   make tune [TUNER=bayesian|random|hyperband|grid TRIALS=6 MAX_SIZE_KB= MAX_LATENCY_MS= OBJECTIVE=accuracy|score
+#              LATENCY_WEIGHT=0.07 SPACE=space.yaml SPACE_SET='filters=8,16' WORKERS=N FINAL_EPOCHS= TRIAL_IMAGES=]
 #   make export [QUANT=int8|float32|float16|dynamic|int8-qat|all PRUNE=0.5 CALIB=200 MIN_AGREEMENT=0.98 INT8_IO=uint8]
 #   make eval | predict IMAGE=... [MODEL=RUN/export/model_int8.tflite] | bench | test
 #
@@ -33,8 +35,10 @@ TRAIN_ARGS = --task $(TASK) --data '$(DATA)' --run '$(RUN)' --seed $(SEED) \
 	$(if $(filter 0 no false,$(FLIP)),--no-flip) $(call flag,--force,$(FORCE)) $(call flag,--skip-bad,$(SKIP_BAD))
 
 QUANT ?= int8
+# make tune writes its own run folder unless RUN= is given: runs/<task>-<data>-tuned
+TUNE_RUN := $(if $(filter command line environment,$(origin RUN)),$(RUN),$(RUN)-tuned)
 
-.PHONY: setup demo train eval predict export bench test clean
+.PHONY: setup demo train tune eval predict export bench test clean
 
 setup: $(STAMP)
 
@@ -59,12 +63,22 @@ eval: $(STAMP)
 predict: $(STAMP)
 	$(PY) cli.py predict --run '$(RUN)' $(call opt,--image,$(IMAGE)) $(call opt,--model,$(MODEL))
 
+tune: $(STAMP)
+	$(PY) cli.py tune --run '$(TUNE_RUN)' --data '$(DATA)' --seed $(SEED) \
+		$(call opt,--tuner,$(TUNER)) $(call opt,--trials,$(TRIALS)) $(call opt,--epochs,$(EPOCHS)) \
+		$(call opt,--final-epochs,$(FINAL_EPOCHS)) $(call opt,--trial-train-examples,$(TRIAL_IMAGES)) \
+		$(call opt,--max-size-kb,$(MAX_SIZE_KB)) $(call opt,--max-latency-ms,$(MAX_LATENCY_MS)) \
+		$(call opt,--objective,$(OBJECTIVE)) $(call opt,--latency-weight,$(LATENCY_WEIGHT)) \
+		$(call opt,--space,$(SPACE)) $(foreach s,$(SPACE_SET),--space-set $(s)) \
+		$(call opt,--workers,$(WORKERS)) $(call opt,--image-size,$(IMAGE_SIZE)) $(call opt,--batch-size,$(BATCH)) \
+		$(call opt,--data-dir,$(DATA_DIR)) $(call flag,--force,$(FORCE))
+
 export: $(STAMP)
 	$(PY) cli.py export --run '$(RUN)' --quant $(QUANT) $(call opt,--prune,$(PRUNE)) $(call opt,--calib,$(CALIB)) \
 		$(call opt,--min-agreement,$(MIN_AGREEMENT)) $(call opt,--int8-io,$(INT8_IO)) $(call opt,--data-dir,$(DATA_DIR))
 
 bench: $(STAMP)
-	$(PY) cli.py bench --out runs/bench
+	$(PY) cli.py bench --out runs/bench $(call opt,--only,$(BENCH)) $(call opt,--data-dir,$(DATA_DIR))
 
 test: $(STAMP)
 	$(PY) -m pytest -q

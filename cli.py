@@ -3,8 +3,9 @@
     python cli.py train   --data shapes --run runs/classify-shapes --epochs 12 --seed 0
     python cli.py eval    --run RUN [--data SPEC] [--model FILE.tflite]
     python cli.py predict --run RUN [--image PATH] [--model FILE.tflite]
+    python cli.py tune    --run RUN --data shapes --tuner bayesian --trials 6 [--max-latency-ms 2]
     python cli.py export  --run RUN --quant int8|float32|float16|dynamic|int8-qat|all [--prune 0.5]
-    python cli.py bench   [--out runs/bench]
+    python cli.py bench   [--only pipeline,export,tuning,detection,distribute] [--out runs/bench]
 
 A ``UserError`` (bad path, bad file, bad setting) prints one line and exits 2;
 anything else is a bug and keeps its traceback.
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from common.errors import UserError
 from export.command import add_export_args, run_export
+from tuning.command import add_tune_args
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -69,12 +71,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, default=None, help="a .tflite (runs as on a phone) or .keras file")
     p.add_argument("--top-k", type=int, default=5)
 
+    p = sub.add_parser("tune", help="search CNN hyperparameters (Keras Tuner), retrain the best into RUN")
+    add_tune_args(p)
+
     p = sub.add_parser("export", help="convert a run's model to verified .tflite files in RUN/export/")
     add_export_args(p)
 
-    p = sub.add_parser("bench", help="input-pipeline benchmark: tf.data vs model consumption vs a naive feed")
+    p = sub.add_parser("bench", help="benchmarks: input pipeline, export, tuning memory, detection, distribution")
     p.add_argument("--out", type=Path, default=Path("runs/bench"))
-    p.add_argument("--data", default="shapes")
+    p.add_argument("--only", default="all", help="comma-separated subset of: pipeline, export, tuning, "
+                                                 "detection, distribute (default all)")
     p.add_argument("--data-dir", type=Path, default=None)
     return parser
 
@@ -155,13 +161,19 @@ def cmd_predict(args) -> None:
     print(format_table(rows))
 
 
+def cmd_tune(args) -> None:
+    from tuning.command import run_tune
+
+    run_tune(args)
+
+
 def cmd_bench(args) -> None:
-    from benchmarks.pipeline_throughput import run_pipeline_benchmark
+    from benchmarks.suite import parse_names, run_benchmarks
 
-    run_pipeline_benchmark(args.data, args.out, data_dir=args.data_dir)
+    run_benchmarks(parse_names(args.only), args.out, data_dir=args.data_dir)
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "export": run_export, "bench": cmd_bench}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "tune": cmd_tune, "export": run_export, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

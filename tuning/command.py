@@ -1,0 +1,97 @@
+"""`python cli.py tune ...`: the arguments, and the glue from them to ``tuning.search.tune``.
+
+    python cli.py tune --run RUN --data SPEC --tuner bayesian|random|hyperband|grid --trials N --seed S
+                       [--epochs E] [--max-size-kb K] [--max-latency-ms L] [--objective accuracy|score]
+                       [--latency-weight W] [--space FILE] [--space-set KEY=V1,V2 ...] [--workers N]
+
+``python -m tuning.command ...`` takes the same arguments (used by the tests).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from common.errors import ConfigError
+from tuning.objective import DEFAULT_LATENCY_WEIGHT, OBJECTIVES
+from tuning.search import TUNERS, TuneConfig
+
+_DEFAULTS = TuneConfig()
+
+
+def add_tune_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", type=Path, required=True, help="run folder; the search lives in RUN/tuning")
+    p.add_argument("--data", default="shapes", help="shapes | tfds:NAME | folder:PATH")
+    p.add_argument("--data-dir", type=Path, default=None, help="where tfds data is prepared (default ./data/tfds)")
+    p.add_argument("--tuner", choices=TUNERS, default=_DEFAULTS.tuner)
+    p.add_argument("--trials", type=int, default=_DEFAULTS.trials, help="trial budget (rerun with more to extend)")
+    p.add_argument("--seed", type=int, default=_DEFAULTS.seed)
+    p.add_argument("--epochs", type=int, default=_DEFAULTS.epochs, help="epochs per trial (Hyperband: the most)")
+    p.add_argument("--final-epochs", type=int, default=_DEFAULTS.final_epochs,
+                   help="epochs for retraining the best configuration on all the data")
+    p.add_argument("--trial-train-examples", type=int, default=_DEFAULTS.trial_train_examples,
+                   help="train images per trial (0: all); the retrain uses all")
+    p.add_argument("--image-size", type=int, default=_DEFAULTS.image_size)
+    p.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size)
+    p.add_argument("--max-size-kb", type=float, default=None, help="int8 .tflite size limit")
+    p.add_argument("--max-latency-ms", type=float, default=None, help="median int8 latency limit (1 thread)")
+    p.add_argument("--objective", choices=OBJECTIVES, default="accuracy")
+    p.add_argument("--latency-weight", type=float, default=DEFAULT_LATENCY_WEIGHT,
+                   help="W in score = accuracy x (latency/T)^-W (--objective score)")
+    p.add_argument("--latency-runs", type=int, default=_DEFAULTS.latency_runs)
+    p.add_argument("--space", type=Path, default=None, help="YAML/JSON file narrowing or widening the space")
+    p.add_argument("--space-set", action="append", default=[], metavar="KEY=V1,V2",
+                   help="override one search-space entry, e.g. filters=8,16 (repeatable)")
+    p.add_argument("--workers", type=int, default=0, help="start a chief and N worker processes on this host")
+    p.add_argument("--oracle-ip", default="127.0.0.1", help="address the chief binds with --workers")
+    p.add_argument("--force", action="store_true", help="replace a different search or run in --run")
+    p.add_argument("--quiet", action="store_true")
+
+
+def config_from_args(args) -> TuneConfig:
+    from tuning.objective import Constraints, ObjectiveConfig
+    from tuning.space import load_space
+
+    try:
+        objective = ObjectiveConfig(kind=args.objective, latency_weight=args.latency_weight,
+                                    constraints=Constraints(args.max_size_kb, args.max_latency_ms))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if args.workers < 0:
+        raise ConfigError(f"WORKERS={args.workers}: must be >= 0")
+    return TuneConfig(data=args.data, tuner=args.tuner, trials=args.trials, epochs=args.epochs, seed=args.seed,
+                      image_size=args.image_size, batch_size=args.batch_size,
+                      trial_train_examples=args.trial_train_examples, final_epochs=args.final_epochs,
+                      latency_runs=args.latency_runs, space=load_space(args.space, args.space_set),
+                      objective=objective)
+
+
+def run_tune(args) -> dict:
+    from tuning.search import tune
+
+    return tune(config_from_args(args), args.run, data_dir=args.data_dir, workers=args.workers, force=args.force,
+                oracle_ip=args.oracle_ip, verbose=0 if args.quiet else 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import os
+    import sys
+
+    from common.errors import UserError
+
+    parser = argparse.ArgumentParser(prog="python -m tuning.command", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_tune_args(parser)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        run_tune(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

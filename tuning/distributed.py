@@ -1,0 +1,147 @@
+"""Distributed search with Keras Tuner's own chief/worker mode, through its environment variables.
+
+    KERASTUNER_TUNER_ID     "chief" for the process that holds the oracle, any other name for a worker
+    KERASTUNER_ORACLE_IP    the chief binds this address; workers connect to it
+    KERASTUNER_ORACLE_PORT  the port
+
+The chief only serves the oracle (trial proposals and the trial store); workers
+ask it for trials, train and measure them, and report back, so no trial runs
+twice. ``--workers N`` starts a chief and N workers on this host (the chief
+binds 127.0.0.1 unless told otherwise); across machines, start the same command
+by hand on each machine with the variables set (README, "Tuning on several machines").
+
+Every child process dies with the process that started it, so a killed `make tune`
+never leaves a chief writing the trial store behind the rerun's back.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ENV_ID, ENV_IP, ENV_PORT = "KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"
+
+
+def current_role() -> str | None:
+    """"chief", "worker", or None when this process is not part of a Keras Tuner cluster."""
+    if ENV_IP not in os.environ:
+        return None
+    return "chief" if "chief" in os.environ.get(ENV_ID, "") else "worker"
+
+
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: ask Linux to SIGKILL it when its parent dies."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: children may outlive a killed parent
+
+
+def _child_env(tuner_id: str, ip: str, port: int, threads: int | None) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KERASTUNER_")}
+    env.update({ENV_ID: tuner_id, ENV_IP: ip, ENV_PORT: str(port)})
+    if threads:
+        # Workers on one host share its cores; without this each one starts a thread per core.
+        env.setdefault("TF_NUM_INTRAOP_THREADS", str(threads))
+        env.setdefault("TF_NUM_INTEROP_THREADS", "1")
+    return env
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+def run_local_cluster(folder, workers: int, *, data_dir: Path | None = None, oracle_ip: str = "127.0.0.1",
+                      verbose: int = 1, poll_seconds: float = 0.5) -> None:
+    """Start a chief and ``workers`` workers on this host; return when every trial has ended.
+
+    Their output goes to RUN/tuning/cluster/<id>.log. Raises RuntimeError naming the log of a
+    process that failed.
+    """
+    port = free_port(oracle_ip)
+    connect_ip = "127.0.0.1" if oracle_ip in ("0.0.0.0", "") else oracle_ip
+    logs = folder.root / "cluster"
+    logs.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "tuning.distributed", str(folder.root)]
+    if data_dir is not None:
+        cmd += ["--data-dir", str(data_dir)]
+    if not verbose:
+        cmd += ["--quiet"]
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    procs: dict[str, subprocess.Popen] = {}
+    files = []
+
+    def start(tuner_id: str, ip: str, worker_threads: int | None):
+        f = open(logs / f"{tuner_id}.log", "ab")
+        files.append(f)
+        procs[tuner_id] = subprocess.Popen(cmd, env=_child_env(tuner_id, ip, port, worker_threads), stdout=f,
+                                           stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+                                           cwd=os.getcwd())
+
+    print(f"Starting a chief on {oracle_ip}:{port} and {workers} worker(s); logs in {logs}")
+    try:
+        start("chief", oracle_ip, 1)
+        for i in range(1, workers + 1):
+            start(f"worker{i}", connect_ip, threads)
+        worker_ids = [k for k in procs if k != "chief"]
+        while True:
+            for tuner_id, p in procs.items():
+                rc = p.poll()
+                if rc not in (None, 0):
+                    raise RuntimeError(f"tuning {tuner_id} exited with status {rc}; its log "
+                                       f"({logs / (tuner_id + '.log')}) ends with:\n{_tail(logs / (tuner_id + '.log'))}")
+            if all(procs[w].poll() == 0 for w in worker_ids):
+                break  # each worker was told "stopped" after its last trial ended: the store is complete
+            time.sleep(poll_seconds)
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.terminate()
+        for p in procs.values():
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for f in files:
+            f.close()
+
+
+def _main(argv: list[str] | None = None) -> int:
+    """One cluster member (chief or worker, from the environment) for ``run_local_cluster``."""
+    parser = argparse.ArgumentParser(description="one Keras Tuner chief or worker for RUN/tuning")
+    parser.add_argument("tuning_dir", type=Path)
+    parser.add_argument("--data-dir", type=Path, default=None)
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    from common.run_folder import read_json
+    from pipeline.sources import open_source
+    from tuning.search import TuneConfig, TuningFolder, run_trials
+
+    folder = TuningFolder(args.tuning_dir)
+    cfg = TuneConfig.from_dict(read_json(folder.settings))
+    source = open_source(cfg.data, "classify", data_dir=args.data_dir, seed=cfg.seed)
+    run_trials(cfg, source, folder, verbose=0 if args.quiet else 1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

@@ -1,0 +1,91 @@
+"""The Keras Tuner HyperModel: build a CNN from hp, train it, then measure it as it would ship.
+
+``fit`` follows Keras Tuner's contract (the tuner's callbacks arrive in
+``**kwargs`` and go on to ``model.fit``) and returns a metrics dict, which the
+oracle stores with the trial, in RUN/tuning/project/trial_*/trial.json:
+
+    val_accuracy     best validation accuracy over the trial's epochs (float model)
+    params           parameter count
+    int8_bytes       size of the int8 .tflite
+    latency_ms       median CPU latency of the int8 .tflite, one thread, ai-edge-litert
+    latency_p90_ms   its 90th percentile
+    wall_seconds     training + conversion + measurement
+    rss_mb           this process's resident memory at the end of the trial
+    objective        what the oracle maximises (tuning.objective.objective_value)
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import keras_tuner
+
+from models.cnn import build_cnn
+from tuning.objective import ObjectiveConfig, objective_value
+from tuning.space import SearchSpace, sample_cnn_config
+
+CALIBRATION_IMAGES = 64
+LATENCY_RUNS = 100  # enough for a stable median of a sub-millisecond model on a busy CPU
+
+
+@dataclass(frozen=True)
+class Int8Measurement:
+    size_bytes: int
+    median_ms: float
+    p90_ms: float
+
+
+def calibration_images(dataset, count: int = CALIBRATION_IMAGES):
+    """float32 [1, S, S, 3] in 0..255, drawn from (images, labels) batches (the eval pipeline)."""
+    return (images.numpy() for images in dataset.unbatch().take(count).map(lambda x, y: x).batch(1))
+
+
+def measure_int8(model, calibration, *, latency_runs: int = LATENCY_RUNS) -> Int8Measurement:
+    """Convert ``model`` to int8 TFLite with the export package and time it on this CPU."""
+    from export.convert import convert_keras
+    from export.runtime import measure_latency
+
+    model_bytes = convert_keras(model, "int8", calibration)
+    latency = measure_latency(model_bytes, runs=latency_runs, threads=1)
+    return Int8Measurement(len(model_bytes), float(latency["median_ms"]), float(latency["p90_ms"]))
+
+
+class CNNHyperModel(keras_tuner.HyperModel):
+    """build(hp) -> build_cnn(sample_cnn_config(hp)); fit() trains, converts and measures."""
+
+    def __init__(self, space: SearchSpace, *, num_classes: int, input_size: int, objective: ObjectiveConfig,
+                 latency_runs: int = LATENCY_RUNS):
+        super().__init__(name="cnn")
+        self.space = space
+        self.num_classes = num_classes
+        self.input_size = input_size
+        self.objective = objective
+        self.latency_runs = latency_runs
+
+    def build(self, hp):
+        import keras
+
+        cfg, learning_rate = sample_cnn_config(hp, self.space)
+        model = build_cnn(cfg, self.num_classes, self.input_size)
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy"])
+        return model
+
+    def fit(self, hp, model, *args, **kwargs):
+        import psutil
+
+        start = time.perf_counter()
+        history = model.fit(*args, **kwargs)
+        val_accuracy = float(max(history.history["val_accuracy"]))
+        measured = measure_int8(model, calibration_images(kwargs["validation_data"]),
+                                latency_runs=self.latency_runs)
+        return {
+            "val_accuracy": val_accuracy,
+            "params": float(model.count_params()),
+            "int8_bytes": float(measured.size_bytes),
+            "latency_ms": measured.median_ms,
+            "latency_p90_ms": measured.p90_ms,
+            "wall_seconds": time.perf_counter() - start,
+            "rss_mb": psutil.Process().memory_info().rss / 2**20,
+            "objective": objective_value(self.objective, val_accuracy, measured.size_bytes, measured.median_ms),
+        }

@@ -1,0 +1,197 @@
+"""What makes a trial good: constraints, the objective value, the best trial, Pareto fronts.
+
+Pure functions over plain numbers, shared by the trials (which hand the
+objective to Keras Tuner's oracle) and the report (which explains the choice),
+so the two can never disagree.
+
+Objectives:
+    accuracy  validation accuracy.
+    score     accuracy x (latency / T) ** -W, the MnasNet reward (Tan et al., 2019); T is
+              MAX_LATENCY_MS when given, else 1 ms. T only scales the numbers: the ranking
+              depends on W alone. With W = 0.07 a model twice as fast is worth ~5% more
+              accuracy (2 ** 0.07 = 1.05).
+
+Constraints (MAX_SIZE_KB on the int8 .tflite, MAX_LATENCY_MS on its median latency)
+make a trial infeasible. An infeasible trial's objective is minus its relative
+overshoot: below every feasible trial (feasible values are >= 0), yet still
+telling the oracle which infeasible trials came close.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+OBJECTIVES = ("accuracy", "score")
+DEFAULT_LATENCY_WEIGHT = 0.07
+
+
+@dataclass(frozen=True)
+class Constraints:
+    max_size_kb: float | None = None
+    max_latency_ms: float | None = None
+
+    def __post_init__(self):
+        for name in ("max_size_kb", "max_latency_ms"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name.upper()}={value}: must be positive")
+
+    def violations(self, size_bytes: float, latency_ms: float) -> dict[str, float]:
+        """{constraint: relative overshoot > 0} for each constraint the trial breaks."""
+        out = {}
+        if self.max_size_kb is not None and size_bytes / 1024 > self.max_size_kb:
+            out["max_size_kb"] = size_bytes / 1024 / self.max_size_kb - 1
+        if self.max_latency_ms is not None and latency_ms > self.max_latency_ms:
+            out["max_latency_ms"] = latency_ms / self.max_latency_ms - 1
+        return out
+
+    def describe(self) -> str:
+        parts = []
+        if self.max_size_kb is not None:
+            parts.append(f"int8 model <= {self.max_size_kb:g} KB")
+        if self.max_latency_ms is not None:
+            parts.append(f"median latency <= {self.max_latency_ms:g} ms")
+        return " and ".join(parts) or "none"
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    kind: str = "accuracy"
+    latency_weight: float = DEFAULT_LATENCY_WEIGHT
+    constraints: Constraints = field(default_factory=Constraints)
+
+    def __post_init__(self):
+        if self.kind not in OBJECTIVES:
+            raise ValueError(f"OBJECTIVE={self.kind}: expected one of {', '.join(OBJECTIVES)}")
+        if self.latency_weight < 0:
+            raise ValueError(f"LATENCY_WEIGHT={self.latency_weight}: must be >= 0")
+
+    @property
+    def reference_latency_ms(self) -> float:
+        return self.constraints.max_latency_ms or 1.0
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "latency_weight": self.latency_weight,
+                "max_size_kb": self.constraints.max_size_kb, "max_latency_ms": self.constraints.max_latency_ms}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ObjectiveConfig":
+        return cls(kind=d["kind"], latency_weight=d["latency_weight"],
+                   constraints=Constraints(d.get("max_size_kb"), d.get("max_latency_ms")))
+
+    def describe(self) -> str:
+        if self.kind == "accuracy":
+            return "validation accuracy"
+        return (f"score = validation accuracy x (latency / {self.reference_latency_ms:g} ms) ^ "
+                f"-{self.latency_weight:g}")
+
+
+def score(accuracy: float, latency_ms: float, weight: float, reference_ms: float) -> float:
+    """MnasNet reward: accuracy x (latency / reference) ** -weight."""
+    return accuracy * (max(latency_ms, 1e-6) / reference_ms) ** -weight
+
+
+def objective_value(cfg: ObjectiveConfig, accuracy: float, size_bytes: float, latency_ms: float) -> float:
+    """The number the oracle maximises: >= 0 when feasible, minus the total overshoot when not."""
+    broken = cfg.constraints.violations(size_bytes, latency_ms)
+    if broken:
+        return -sum(broken.values())
+    if cfg.kind == "accuracy":
+        return accuracy
+    return score(accuracy, latency_ms, cfg.latency_weight, cfg.reference_latency_ms)
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial as the report sees it. Measurements are None for a trial that did not finish."""
+
+    trial_id: str
+    status: str
+    hyperparameters: dict
+    val_accuracy: float | None = None
+    params: int | None = None
+    int8_bytes: int | None = None
+    latency_ms: float | None = None
+    latency_p90_ms: float | None = None
+    wall_seconds: float | None = None
+    objective: float | None = None
+
+    @property
+    def measured(self) -> bool:
+        return self.status == "COMPLETED" and None not in (self.val_accuracy, self.int8_bytes, self.latency_ms)
+
+
+def feasible(record: TrialRecord, constraints: Constraints) -> bool:
+    return record.measured and not constraints.violations(record.int8_bytes, record.latency_ms)
+
+
+def rank(records: list[TrialRecord], cfg: ObjectiveConfig) -> list[TrialRecord]:
+    """Feasible, measured trials, best first; ties go to the faster, then the smaller model."""
+    ok = [r for r in records if feasible(r, cfg.constraints)]
+    key = lambda r: (-objective_value(cfg, r.val_accuracy, r.int8_bytes, r.latency_ms), r.latency_ms,  # noqa: E731
+                     r.int8_bytes, r.trial_id)
+    return sorted(ok, key=key)
+
+
+def choose_best(records: list[TrialRecord], cfg: ObjectiveConfig) -> TrialRecord | None:
+    """The trial to ship, or None when no finished trial meets the constraints."""
+    ranked = rank(records, cfg)
+    return ranked[0] if ranked else None
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats: lower cost (x) and higher accuracy (y).
+
+    A point is dominated when another has cost <= and accuracy >= with at least
+    one strict. Returned in order of increasing cost. Duplicated points are all kept.
+    """
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best_y = [], float("-inf")
+    for i in order:
+        x, y = points[i]
+        if y > best_y or (front and points[front[-1]] == (x, y)):
+            front.append(i)
+            best_y = max(best_y, y)
+    return front
+
+
+def explain_best(records: list[TrialRecord], cfg: ObjectiveConfig) -> str:
+    """Plain-language reasons the best trial was chosen, for report.md."""
+    measured = [r for r in records if r.measured]
+    best = choose_best(records, cfg)
+    c = cfg.constraints
+    if best is None:
+        if not measured:
+            return "No trial finished, so there is nothing to choose from."
+        return (f"None of the {len(measured)} finished trials meets the constraints ({c.describe()}). "
+                f"Loosen MAX_SIZE_KB / MAX_LATENCY_MS or narrow the space towards smaller models.")
+    ranked = rank(records, cfg)
+    value = "" if cfg.kind == "accuracy" else \
+        f"{objective_value(cfg, best.val_accuracy, best.int8_bytes, best.latency_ms):.4f}; "
+    lines = [f"Trial {best.trial_id} has the best {cfg.describe()} "
+             f"({value}validation accuracy {best.val_accuracy:.2%}, {best.int8_bytes / 1024:.1f} KB int8, "
+             f"{best.latency_ms:.3f} ms median) among the {len(ranked)} of {len(measured)} finished trials "
+             f"that meet the constraints ({c.describe()})."]
+    excluded = [r for r in measured if not feasible(r, c)]
+    better_but_infeasible = [r for r in excluded if r.val_accuracy > best.val_accuracy]
+    for r in sorted(better_but_infeasible, key=lambda r: -r.val_accuracy):
+        broken = ", ".join(_describe_violation(name, r, c) for name in c.violations(r.int8_bytes, r.latency_ms))
+        lines.append(f"Trial {r.trial_id} was more accurate ({r.val_accuracy:.2%}) but is not shippable: {broken}.")
+    if excluded and not better_but_infeasible:
+        lines.append(f"{len(excluded)} trial(s) broke a constraint; none of them was more accurate.")
+    if len(ranked) > 1:
+        runner = ranked[1]
+        lines.append(f"Runner-up: trial {runner.trial_id} (validation accuracy {runner.val_accuracy:.2%}, "
+                     f"{runner.int8_bytes / 1024:.1f} KB, {runner.latency_ms:.3f} ms).")
+    if cfg.kind == "score":
+        acc_best = max(ranked, key=lambda r: r.val_accuracy)
+        if acc_best is not best:
+            lines.append(f"Trial {acc_best.trial_id} was the most accurate feasible trial "
+                         f"({acc_best.val_accuracy:.2%}) but slower ({acc_best.latency_ms:.3f} ms); the latency "
+                         f"weight {cfg.latency_weight:g} prefers trial {best.trial_id}.")
+    return " ".join(lines)
+
+
+def _describe_violation(name: str, r: TrialRecord, c: Constraints) -> str:
+    if name == "max_size_kb":
+        return f"{r.int8_bytes / 1024:.1f} KB > MAX_SIZE_KB={c.max_size_kb:g}"
+    return f"{r.latency_ms:.3f} ms > MAX_LATENCY_MS={c.max_latency_ms:g}"

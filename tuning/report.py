@@ -1,0 +1,298 @@
+"""The tuning report in RUN/tuning: report.md, trials.csv, best_hyperparameters.json, plots, HParams logs.
+
+Everything is computed from the trial store (``search.load_records``) and the
+pure functions in ``tuning.objective``, so rerunning the report after a resume,
+or on the chief of a distributed search, gives the same answer.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+
+from common.run_folder import write_json, write_text
+from tuning.objective import (ObjectiveConfig, TrialRecord, choose_best, explain_best, feasible,
+                              objective_value, pareto_front)
+
+METRIC_COLUMNS = ("trial_id", "status", "feasible", "objective", "val_accuracy", "params", "int8_bytes",
+                  "latency_ms", "latency_p90_ms", "wall_seconds")
+PLOTS = ("objective_over_trials.png", "accuracy_vs_latency.png", "accuracy_vs_size.png",
+         "hyperparameter_effects.png")
+
+
+def hyperparameter_names(records: list[TrialRecord], space) -> list[str]:
+    """Hyperparameter columns: the space's, in declaration order, then any other a trial has (epochs)."""
+    names = list(space.hyperparameters())
+    for r in records:
+        names += [k for k in r.hyperparameters if k not in names]
+    return names
+
+
+def _objective(cfg: ObjectiveConfig, r: TrialRecord) -> float | None:
+    return objective_value(cfg, r.val_accuracy, r.int8_bytes, r.latency_ms) if r.measured else None
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def trials_csv(records: list[TrialRecord], cfg: ObjectiveConfig, space) -> str:
+    """One row per trial; a hyperparameter a trial does not use (an absent block) is left empty."""
+    hps = hyperparameter_names(records, space)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(list(METRIC_COLUMNS) + hps)
+    for r in records:
+        row = [r.trial_id, r.status, int(feasible(r, cfg.constraints)) if r.measured else "", _objective(cfg, r),
+               r.val_accuracy, r.params, r.int8_bytes, r.latency_ms, r.latency_p90_ms, r.wall_seconds]
+        writer.writerow([_fmt(v) for v in row] + [_fmt(r.hyperparameters.get(k)) for k in hps])
+    return out.getvalue()
+
+
+def best_summary(records: list[TrialRecord], tune_cfg, final: dict | None) -> dict:
+    """best_hyperparameters.json: the trial to ship, its CNN config, its measurements, and why."""
+    cfg = tune_cfg.objective
+    best = choose_best(records, cfg)
+    summary = {"objective": cfg.describe(), "constraints": cfg.constraints.describe(),
+               "why": explain_best(records, cfg), "trial_id": None}
+    if best is None:
+        return summary
+    train_cfg = tune_cfg.train_config(best.hyperparameters)
+    summary.update({
+        "trial_id": best.trial_id,
+        "hyperparameters": best.hyperparameters,
+        "cnn": train_cfg.cnn.to_dict(),
+        "learning_rate": train_cfg.learning_rate,
+        "val_accuracy": best.val_accuracy,
+        "params": best.params,
+        "int8_bytes": best.int8_bytes,
+        "latency_ms": best.latency_ms,
+        "latency_p90_ms": best.latency_p90_ms,
+        "objective_value": _objective(cfg, best),
+        "retrained": None if final is None else {
+            "epochs": train_cfg.epochs, "test_accuracy": final["test"]["accuracy"],
+            "validation_accuracy": final["validation_accuracy"]},
+    })
+    return summary
+
+
+# --- plots -------------------------------------------------------------------------------------------
+
+def _plots(records: list[TrialRecord], cfg: ObjectiveConfig, space, plots: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pipeline.report import save_figure
+
+    plots.mkdir(parents=True, exist_ok=True)
+    measured = [r for r in records if r.measured]
+    best = choose_best(records, cfg)
+
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    xs = [i for i, r in enumerate(records) if r.measured]
+    ys = [_objective(cfg, r) for r in records if r.measured]
+    ax.scatter(xs, ys, c=["tab:blue" if feasible(r, cfg.constraints) else "tab:red" for r in measured], zorder=3)
+    running, best_so_far = [], float("-inf")
+    for y in ys:
+        best_so_far = max(best_so_far, y)
+        running.append(best_so_far)
+    ax.step(xs, running, where="post", color="gray", label="best so far")
+    ax.set_xticks(range(len(records)), [r.trial_id for r in records], rotation=90, fontsize=7)
+    ax.set_xlabel("trial (red: breaks a constraint)")
+    ax.set_ylabel(cfg.kind)
+    ax.set_title(f"objective over trials: {cfg.describe()}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    save_figure(fig, plots / PLOTS[0])
+
+    for name, cost, label, limit in (
+        (PLOTS[1], lambda r: r.latency_ms, "median int8 latency (ms, 1 thread)", cfg.constraints.max_latency_ms),
+        (PLOTS[2], lambda r: r.int8_bytes / 1024, "int8 .tflite size (KB)", cfg.constraints.max_size_kb),
+    ):
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        points = [(cost(r), r.val_accuracy) for r in measured]
+        front = pareto_front(points)
+        ok = [feasible(r, cfg.constraints) for r in measured]
+        ax.scatter([p[0] for p, f in zip(points, ok) if f], [p[1] for p, f in zip(points, ok) if f],
+                   c="tab:blue", label="meets constraints", zorder=3)
+        ax.scatter([p[0] for p, f in zip(points, ok) if not f], [p[1] for p, f in zip(points, ok) if not f],
+                   c="tab:red", marker="x", label="breaks a constraint", zorder=3)
+        ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "--", color="tab:green",
+                label="Pareto front", zorder=2)
+        for r, p in zip(measured, points):
+            ax.annotate(r.trial_id, p, fontsize=7, xytext=(3, 3), textcoords="offset points")
+        if best is not None:
+            ax.scatter([cost(best)], [best.val_accuracy], s=220, marker="*", c="gold", edgecolors="black",
+                       label=f"best (trial {best.trial_id})", zorder=4)
+        if limit is not None:
+            ax.axvline(limit, color="tab:red", alpha=0.5, label="limit")
+        ax.set_xlabel(label)
+        ax.set_ylabel("validation accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        save_figure(fig, plots / name)
+
+    hps = hyperparameter_names(measured, space)
+    domains = space.hyperparameters()
+    cols = 3
+    rows = max(1, -(-len(hps) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, hps):
+        used = [r for r in measured if name in r.hyperparameters]
+        values = sorted(set(domains.get(name, ())) | {r.hyperparameters[name] for r in used}, key=float)
+        ax.scatter([values.index(r.hyperparameters[name]) for r in used], [r.val_accuracy for r in used],
+                   c=["tab:blue" if feasible(r, cfg.constraints) else "tab:red" for r in used], s=18)
+        ax.set_xticks(range(len(values)), [f"{v:g}" for v in values], fontsize=8)
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(hps):]:
+        ax.axis("off")
+    fig.supylabel("validation accuracy")
+    fig.tight_layout()
+    save_figure(fig, plots / PLOTS[3])
+
+
+def write_hparams_logs(records: list[TrialRecord], cfg: ObjectiveConfig, space, logdir: Path) -> None:
+    """TensorBoard HParams: one run per finished trial, with its hardware measurements as metrics.
+
+    Written into a fresh folder and swapped in, so TensorBoard never sees a half-written set.
+    """
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import api as hp_api
+
+    measured = [r for r in records if r.measured]
+    domains = space.hyperparameters()
+    hparams = {}
+    for name in hyperparameter_names(measured, space):
+        seen = {r.hyperparameters[name] for r in measured if name in r.hyperparameters}
+        hparams[name] = hp_api.HParam(name, hp_api.Discrete(sorted(set(domains.get(name, ())) | seen, key=float)))
+    metrics = {"val_accuracy": "validation accuracy", "latency_ms": "median int8 latency (ms)",
+               "int8_kb": "int8 size (KB)", "params": "parameters", "objective": cfg.describe(),
+               "feasible": "meets the constraints (1) or not (0)"}
+    logdir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tensorboard.", dir=logdir.parent))
+    try:
+        with tf.summary.create_file_writer(str(tmp)).as_default():
+            hp_api.hparams_config(hparams=list(hparams.values()),
+                                  metrics=[hp_api.Metric(k, display_name=v) for k, v in metrics.items()])
+        for r in measured:
+            with tf.summary.create_file_writer(str(tmp / f"trial_{r.trial_id}")).as_default():
+                hp_api.hparams({hparams[k]: v for k, v in r.hyperparameters.items() if k in hparams},
+                               trial_id=r.trial_id)
+                values = {"val_accuracy": r.val_accuracy, "latency_ms": r.latency_ms,
+                          "int8_kb": r.int8_bytes / 1024, "params": r.params, "objective": _objective(cfg, r),
+                          "feasible": float(feasible(r, cfg.constraints))}
+                for k, v in values.items():
+                    tf.summary.scalar(k, float(v), step=0)
+        old = logdir.with_name(logdir.name + ".old")
+        if logdir.exists():
+            os.replace(logdir, old)
+        os.replace(tmp, logdir)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --- report.md ---------------------------------------------------------------------------------------
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _markdown(records, tune_cfg, summary: dict, source, final: dict | None, folder) -> str:
+    cfg = tune_cfg.objective
+    measured = [r for r in records if r.measured]
+    hps = hyperparameter_names(records, tune_cfg.space)
+    best_id = summary["trial_id"]
+    run_root = folder.root.parent
+    parts = [f"# Tuning report: {tune_cfg.data}", ""]
+    if best_id is None:
+        parts += ["**No model to ship.** " + summary["why"], ""]
+    else:
+        parts += [f"**Ship trial {best_id}.** " + summary["why"], ""]
+        if final is not None:
+            parts += [f"Retrained on the full train split for {summary['retrained']['epochs']} epochs into "
+                      f"`{run_root}`: **test accuracy {final['test']['accuracy']:.2%}** "
+                      f"(`make export RUN={run_root}` next).", ""]
+        else:
+            parts += [f"Retraining into `{run_root}` has not finished yet; rerun the same command.", ""]
+        parts += ["Best hyperparameters (also in `best_hyperparameters.json`):", "",
+                  _table(["hyperparameter", "value"], [[k, _fmt(v)] for k, v in summary["hyperparameters"].items()]),
+                  ""]
+
+    done = sum(r.status == "COMPLETED" for r in records)
+    train_images = source.split_sizes.get("train", 0)
+    trial_images = min(tune_cfg.trial_train_examples or train_images, train_images)
+    parts += [
+        "## How the search ran", "",
+        _table(["setting", "value"], [
+            ["data", f"{tune_cfg.data} ({', '.join(f'{k} {v}' for k, v in source.split_sizes.items())} images)"],
+            ["tuner", f"{tune_cfg.tuner} (Keras Tuner), seed {tune_cfg.seed}"],
+            ["trials", f"{len(records)} run, {done} completed, budget {tune_cfg.trials}"],
+            ["per trial", f"{tune_cfg.epochs} epoch(s) on {trial_images} train images, "
+                          f"{tune_cfg.image_size}px, batch {tune_cfg.batch_size}"],
+            ["objective", cfg.describe()],
+            ["constraints", cfg.constraints.describe()],
+            ["measurement", f"int8 .tflite from export.convert; median of {tune_cfg.latency_runs} runs, 1 thread, "
+                            f"ai-edge-litert on this machine ({platform.machine()}, {os.cpu_count()} cores)"],
+        ]),
+        "",
+        "Accuracy is the trial's best validation accuracy (float model, short training): it ranks "
+        "configurations; the retrained model's test accuracy is the number to quote. Latency was measured "
+        "on a CPU that other work may share, so compare trials to each other rather than to a phone.",
+        "",
+        f"## Search space (as searched: {tune_cfg.space.num_configurations():,} configurations)", "",
+        _table(["hyperparameter", "kind", "values"], [list(row) for row in tune_cfg.space.describe()]),
+        "",
+        "## Trials", "",
+        _table(["trial", "status", "feasible", cfg.kind, "val acc", "params", "int8 KB", "latency ms (p90)",
+                "wall s"] + hps,
+               [[f"**{r.trial_id}**" if r.trial_id == best_id else r.trial_id, r.status,
+                 ("yes" if feasible(r, cfg.constraints) else "no") if r.measured else "-",
+                 f"{_objective(cfg, r):.4f}" if r.measured else "-",
+                 f"{r.val_accuracy:.2%}" if r.val_accuracy is not None else "-",
+                 f"{r.params:,}" if r.params is not None else "-",
+                 f"{r.int8_bytes / 1024:.1f}" if r.int8_bytes is not None else "-",
+                 f"{r.latency_ms:.3f} ({r.latency_p90_ms:.3f})" if r.latency_ms is not None else "-",
+                 f"{r.wall_seconds:.0f}" if r.wall_seconds is not None else "-"]
+                + [_fmt(r.hyperparameters.get(k)) or "-" for k in hps] for r in records]),
+        "",
+        "A `-` hyperparameter is not used by that model (fewer blocks or dense layers).",
+        "",
+        "## Pareto fronts", "",
+        "Trials no other trial beats on both accuracy and cost (any constraint ignored):", "",
+    ]
+    for label, cost in (("accuracy vs latency", lambda r: r.latency_ms),
+                        ("accuracy vs size", lambda r: r.int8_bytes)):
+        front = pareto_front([(cost(r), r.val_accuracy) for r in measured])
+        parts.append(f"- {label}: " + (", ".join(
+            f"{measured[i].trial_id} ({measured[i].val_accuracy:.2%}, {measured[i].latency_ms:.3f} ms, "
+            f"{measured[i].int8_bytes / 1024:.1f} KB)" for i in front) or "none"))
+    parts += ["", "## Plots", ""]
+    parts += [f"![{name[:-4]}](plots/{name})" for name in PLOTS]
+    parts += ["", "Files: `trials.csv` (every trial), `best_hyperparameters.json`, "
+              f"TensorBoard HParams: `tensorboard --logdir {folder.tensorboard}`.", ""]
+    return "\n".join(parts)
+
+
+def write_report(folder, tune_cfg, records: list[TrialRecord], *, source, final: dict | None) -> None:
+    """Write every report file into ``folder`` (a search.TuningFolder)."""
+    cfg = tune_cfg.objective
+    summary = best_summary(records, tune_cfg, final)
+    write_text(folder.trials_csv, trials_csv(records, cfg, tune_cfg.space))
+    write_json(folder.best, summary)
+    _plots(records, cfg, tune_cfg.space, folder.plots)
+    write_hparams_logs(records, cfg, tune_cfg.space, folder.tensorboard)
+    write_text(folder.report, _markdown(records, tune_cfg, summary, source, final, folder))

@@ -1,0 +1,427 @@
+"""`make tune`: a Keras Tuner search into RUN/tuning, a report, then the best config retrained into RUN.
+
+Order of work, chosen so that a kill at any point is safe to rerun:
+
+1. open the data (prepared once, before any worker starts) and check the space builds;
+2. decide what RUN/tuning holds: nothing (new), the same search (resume), or another one (error);
+3. search: Keras Tuner's oracle and trial store, saved atomically after every change.
+   A trial killed half-way is rerun from its start; finished trials are never rerun;
+4. write the report from the trial store;
+5. retrain the best configuration on the full train split with pipeline.train into RUN
+   (model.keras, labels.txt, config.json, metrics.json, ...), resumable like `make train`;
+6. write the report again, now with the retrained model's test accuracy.
+
+Layout of RUN/tuning::
+
+    settings.json              what is searched, and how (written first)
+    project/                   Keras Tuner's own store: oracle.json, trial_*/trial.json, checkpoints,
+                               and trial_*/runs.log (who ran the trial, one line per run)
+    report.md  trials.csv  best_hyperparameters.json  plots/  tensorboard/
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import shutil
+import socket
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from common.errors import ConfigError, UserError
+from common.run_folder import RunFolder, write_json, write_text
+from tuning.objective import ObjectiveConfig, TrialRecord, choose_best, explain_best
+from tuning.space import SearchSpace
+
+TUNERS = ("bayesian", "random", "hyperband", "grid")
+PROJECT = "project"
+RUNS_LOG = "runs.log"
+FINAL_MODEL_FILES = ("config.json", "labels.txt", "model.keras", "metrics.json", "report.md")
+FINAL_MODEL_DIRS = ("plots", "samples", "logs", ".resume")
+
+if TYPE_CHECKING:
+    from pipeline.schema import Source
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """Everything that determines a search; saved as RUN/tuning/settings.json.
+
+    trial_train_examples: the train split is cut to this many images for trials (0: all of it);
+        the final retrain always uses all of it.
+    epochs: per trial (Hyperband: the most any trial trains).
+    final_epochs: for the retrain of the best configuration.
+    """
+
+    data: str = "shapes"
+    tuner: str = "bayesian"
+    trials: int = 6
+    epochs: int = 2
+    seed: int = 0
+    image_size: int = 64
+    batch_size: int = 64
+    trial_train_examples: int = 1500
+    final_epochs: int = 4
+    latency_runs: int = 100
+    space: SearchSpace = field(default_factory=SearchSpace)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+
+    def __post_init__(self):
+        if self.tuner not in TUNERS:
+            raise ConfigError(f"TUNER={self.tuner}: expected one of {', '.join(TUNERS)}")
+        for name in ("trials", "epochs", "final_epochs", "batch_size", "latency_runs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)}: must be at least 1")
+        if self.trial_train_examples < 0:
+            raise ConfigError(f"trial_train_examples={self.trial_train_examples}: must be >= 0")
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["space"] = self.space.to_dict()
+        d["objective"] = self.objective.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TuneConfig":
+        d = dict(d)
+        d["space"] = SearchSpace.from_dict(d["space"])
+        d["objective"] = ObjectiveConfig.from_dict(d["objective"])
+        return cls(**d)
+
+    def search_identity(self) -> dict:
+        """The settings a resumed search must share with the first run (the trial budget may grow)."""
+        d = self.to_dict()
+        d.pop("trials")
+        return d
+
+    def train_config(self, hyperparameters: dict):
+        """The pipeline.train config that retrains a trial's hyperparameters on the full data."""
+        import keras_tuner
+
+        from pipeline.train import TrainConfig
+        from tuning.space import sample_cnn_config
+
+        hp = keras_tuner.HyperParameters()
+        hp.values.update(hyperparameters)
+        cnn, learning_rate = sample_cnn_config(hp, self.space)
+        return TrainConfig(data=self.data, image_size=self.image_size, batch_size=self.batch_size,
+                           epochs=self.final_epochs, learning_rate=learning_rate, seed=self.seed, cnn=cnn)
+
+
+@dataclass(frozen=True)
+class TuningFolder:
+    root: Path
+
+    @property
+    def settings(self) -> Path:
+        return self.root / "settings.json"
+
+    @property
+    def project(self) -> Path:
+        return self.root / PROJECT
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.md"
+
+    @property
+    def trials_csv(self) -> Path:
+        return self.root / "trials.csv"
+
+    @property
+    def best(self) -> Path:
+        return self.root / "best_hyperparameters.json"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
+
+# --- resume-safe Keras Tuner classes -------------------------------------------------------------
+
+def _save_state_atomically(path: str, state: dict) -> None:
+    write_text(Path(path), json.dumps(state))
+
+
+class _ResumeSafeOracle:
+    """Mixin for Keras Tuner oracles.
+
+    * every oracle.json and trial.json is written to a temporary name and renamed, so a kill
+      never leaves a truncated file that the next run cannot parse;
+    * on reload, a trial left RUNNING is queued to run again, including one whose start was
+      saved in its trial.json but not yet in oracle.json (Keras Tuner only requeues the
+      trials that oracle.json lists as ongoing; the others would stay RUNNING forever).
+    """
+
+    def save(self):
+        _save_state_atomically(self._get_oracle_fname(), self.get_state())
+
+    def _save_trial(self, trial):
+        path = os.path.join(self._get_trial_dir(trial.trial_id), "trial.json")
+        _save_state_atomically(path, trial.get_state())
+
+    def reload(self):
+        super().reload()
+        for trial_id in sorted(self.trials):
+            if self.trials[trial_id].status == "RUNNING" and trial_id not in self._retry_queue:
+                self._retry_queue.append(trial_id)
+
+
+def _oracle_classes():
+    import keras_tuner as kt
+    from keras_tuner.src.tuners.gridsearch import LinkedList
+
+    class RandomOracle(_ResumeSafeOracle, kt.oracles.RandomSearchOracle):
+        pass
+
+    class BayesianOracle(_ResumeSafeOracle, kt.oracles.BayesianOptimizationOracle):
+        def populate_space(self, trial_id):
+            # Over a discrete space the Gaussian process's optimum is often a configuration
+            # already trained; Keras Tuner would train it again. Take an untried random one instead.
+            response = super().populate_space(trial_id)
+            if response.get("values") is not None:
+                hps = self.hyperparameters.copy()
+                hps.values = dict(response["values"])
+                hps.ensure_active_values()
+                if self._duplicate(hps.values):
+                    return self._random_populate_space()
+            return response
+
+    class HyperbandOracle(_ResumeSafeOracle, kt.oracles.HyperbandOracle):
+        pass
+
+    class GridOracle(_ResumeSafeOracle, kt.oracles.GridSearchOracle):
+        """Also saves the grid's position, which Keras Tuner 1.4.8 keeps only in memory
+        (keras-team/keras-tuner#1055: KeyError in LinkedList.next after a reload)."""
+
+        def get_state(self):
+            state = super().get_state()
+            ids = self._ordered_ids
+            state["grid"] = {
+                "memory": list(ids._memory),
+                "next_index": [[k, v] for k, v in ids._next_index.items()],
+                "last_index": ids._last_index,
+                "populate_next": list(self._populate_next),
+            }
+            return state
+
+        def set_state(self, state):
+            super().set_state(state)
+            grid = state.get("grid")
+            if grid is None:
+                return
+            ids = LinkedList()
+            ids._memory = list(grid["memory"])
+            ids._data_to_index = {data: i for i, data in enumerate(ids._memory)}
+            for k, v in grid["next_index"]:
+                ids._next_index[k] = v
+            ids._last_index = grid["last_index"]
+            self._ordered_ids = ids
+            self._populate_next = list(grid["populate_next"])
+
+    return {"random": RandomOracle, "bayesian": BayesianOracle, "hyperband": HyperbandOracle, "grid": GridOracle}
+
+
+def make_tuner(cfg: TuneConfig, hypermodel, folder: TuningFolder):
+    """A Keras Tuner Tuner over ``folder.project``; reloads it when it exists."""
+    import keras
+    import keras_tuner as kt
+
+    objective = kt.Objective("objective", direction="max")
+    common = dict(objective=objective, seed=cfg.seed, max_retries_per_trial=0, max_consecutive_failed_trials=3)
+    oracle_cls = _oracle_classes()[cfg.tuner]
+    if cfg.tuner == "hyperband":
+        oracle = oracle_cls(max_epochs=cfg.epochs, factor=3, hyperband_iterations=None, **common)
+        oracle.max_trials = cfg.trials  # Hyperband has no trial budget of its own: iterate until the base Oracle stops it
+    elif cfg.tuner == "bayesian":
+        oracle = oracle_cls(max_trials=cfg.trials, num_initial_points=max(2, min(cfg.trials, cfg.trials // 2)),
+                            **common)
+    else:
+        oracle = oracle_cls(max_trials=cfg.trials, **common)
+
+    base = kt.Hyperband if cfg.tuner == "hyperband" else kt.Tuner
+
+    class Tuner(base):
+        def __init__(self, **kwargs):
+            kt.Tuner.__init__(self, **kwargs)  # Hyperband's own __init__ would build a second oracle
+
+        def save(self):
+            if not self._is_worker():
+                self.oracle.save()
+            _save_state_atomically(self._get_tuner_fname(), self.get_state())
+
+        def run_trial(self, trial, *args, **kwargs):
+            # One line per run of a trial, by whom: shows that no trial ran twice (or, after a
+            # kill, that only the interrupted one did), and which worker ran what.
+            with open(os.path.join(self.get_trial_dir(trial.trial_id), RUNS_LOG), "a") as f:
+                f.write(f"{self.tuner_id} {socket.gethostname()} {os.getpid()}\n")
+            return super().run_trial(trial, *args, **kwargs)
+
+        def on_trial_end(self, trial):
+            super().on_trial_end(trial)
+            keras.backend.clear_session()  # free the trial's graph and weights: memory stays flat
+            gc.collect()
+
+    # Keras Tuner reloads the store only when this process's own <tuner_id>.json exists, so a
+    # search started with WORKERS=2 (chief.json) and rerun without (tuner0.json) would start
+    # over and overwrite its trials. The tuner's own state is empty: the oracle's is what counts.
+    tuner_file = folder.project / f"{os.environ.get('KERASTUNER_TUNER_ID', 'tuner0')}.json"
+    if (folder.project / "oracle.json").exists() and not tuner_file.exists():
+        write_text(tuner_file, "{}")
+    return Tuner(oracle=oracle, hypermodel=hypermodel, directory=str(folder.root), project_name=PROJECT,
+                 overwrite=False)
+
+
+# --- the search ------------------------------------------------------------------------------------
+
+def trial_source(source: Source, examples: int) -> Source:
+    """The source with its train split cut to ``examples`` (0: unchanged); for the trials only."""
+    if not examples or examples >= source.split_sizes.get("train", 0):
+        return source
+
+    def load(split: str):
+        ds = source.examples(split)
+        return ds.take(examples) if split == "train" else ds
+
+    return replace(source, load_split=load, split_sizes={**source.split_sizes, "train": examples})
+
+
+def run_trials(cfg: TuneConfig, source: Source, folder: TuningFolder, *, verbose: int = 1) -> None:
+    """Run this process's share of the search (all of it, unless distributed), then return."""
+    import keras
+
+    from pipeline.dataset import classification_dataset
+    from pipeline.train import TrainConfig
+    from tuning.hypermodel import CNNHyperModel
+
+    keras.utils.set_random_seed(cfg.seed)
+    pipe = TrainConfig(data=cfg.data, image_size=cfg.image_size, batch_size=cfg.batch_size).pipeline()
+    train = classification_dataset(trial_source(source, cfg.trial_train_examples), "train", pipe, training=True,
+                                   seed=cfg.seed)
+    val = classification_dataset(source, "validation", pipe, training=False)
+    hypermodel = CNNHyperModel(cfg.space, num_classes=source.num_classes, input_size=cfg.image_size,
+                               objective=cfg.objective, latency_runs=cfg.latency_runs)
+    tuner = make_tuner(cfg, hypermodel, folder)
+    tuner.search(train, validation_data=val, epochs=cfg.epochs, verbose=2 if verbose else 0)
+
+
+def load_records(folder: TuningFolder) -> list[TrialRecord]:
+    """Every trial in the store, in trial-id order, read from its trial.json."""
+    from keras_tuner.src.engine.trial import Trial
+
+    records = []
+    for path in sorted(folder.project.glob("trial_*/trial.json")):
+        trial = Trial.load(str(path))
+
+        def metric(name):
+            return trial.metrics.get_last_value(name) if trial.metrics.exists(name) else None
+
+        values = {k: v for k, v in trial.hyperparameters.values.items() if not k.startswith("tuner/")}
+        if "tuner/epochs" in trial.hyperparameters.values:
+            values["epochs"] = trial.hyperparameters.values["tuner/epochs"]
+        as_int = lambda v: None if v is None else int(v)  # noqa: E731
+        records.append(TrialRecord(
+            trial_id=trial.trial_id, status=trial.status, hyperparameters=values,
+            val_accuracy=metric("val_accuracy"), params=as_int(metric("params")),
+            int8_bytes=as_int(metric("int8_bytes")), latency_ms=metric("latency_ms"),
+            latency_p90_ms=metric("latency_p90_ms"), wall_seconds=metric("wall_seconds"),
+            objective=metric("objective"),
+        ))
+    return records
+
+
+def _prepare_folder(run: RunFolder, folder: TuningFolder, cfg: TuneConfig, force: bool) -> str:
+    """Returns "new" or "resume"; raises when RUN holds something else."""
+    if run.root.exists() and not run.root.is_dir():
+        raise UserError(f"{run.root}: RUN must be a folder, but a file is there")
+    if folder.settings.exists():
+        saved = json.loads(folder.settings.read_text(encoding="utf-8"))
+        saved_identity = {k: v for k, v in saved.items() if k != "trials"}
+        if saved_identity == cfg.search_identity():
+            return "resume"
+        if not force:
+            changed = sorted(k for k in set(saved_identity) | set(cfg.search_identity())
+                             if saved_identity.get(k) != cfg.search_identity().get(k))
+            raise UserError(f"{folder.root}: holds a search with different settings ({', '.join(changed)}); "
+                            f"use another RUN=, or FORCE=1 to replace it")
+        shutil.rmtree(run.root)
+    elif run.root.exists() and any(run.root.iterdir()):
+        if not force:
+            raise UserError(f"{run.root}: already holds a run that was not made by `make tune`; "
+                            f"use another RUN=, or FORCE=1 to replace it")
+        shutil.rmtree(run.root)
+    return "new"
+
+
+def _clear_final_model(run: RunFolder) -> None:
+    for name in FINAL_MODEL_FILES:
+        (run.root / name).unlink(missing_ok=True)
+    for name in FINAL_MODEL_DIRS:
+        shutil.rmtree(run.root / name, ignore_errors=True)
+
+
+def retrain_best(cfg: TuneConfig, best: TrialRecord, source: Source, run: RunFolder, *, verbose: int = 1) -> dict:
+    """Train the best trial's configuration into RUN with pipeline.train; returns its metrics.json.
+
+    config.json is written first, as the run folder's contract says: it names what RUN is being
+    trained into, so pipeline.train resumes it (or finds it done) instead of refusing a folder
+    that already holds tuning/. A different best (a search given more trials) replaces the model.
+    """
+    from pipeline.train import train_classifier
+
+    train_cfg = cfg.train_config(best.hyperparameters)
+    if run.config.exists() and run.read_config() != train_cfg.to_dict():
+        print(f"The best configuration changed; replacing the model in {run.root}")
+        _clear_final_model(run)
+    if not run.config.exists():
+        write_json(run.config, train_cfg.to_dict())
+    return train_classifier(train_cfg, source, run.root, verbose=2 if verbose else 0)
+
+
+def tune(cfg: TuneConfig, run_dir: Path, *, data_dir: Path | None = None, workers: int = 0, force: bool = False,
+         oracle_ip: str = "127.0.0.1", verbose: int = 1) -> dict:
+    """Search, report, retrain the best, report again. Returns the best trial's summary.
+
+    Roles: with KERASTUNER_TUNER_ID set this process is one member of a cluster started by
+    hand (see README); with ``workers`` > 0 it starts a chief and that many workers here.
+    """
+    from pipeline.sources import open_source
+    from tuning import distributed
+    from tuning.report import write_report
+
+    cfg.space.check_input_size(cfg.image_size)
+    run = RunFolder(Path(run_dir))
+    folder = TuningFolder(run.tuning)
+    role = distributed.current_role()
+    if role is not None and workers:
+        raise ConfigError("WORKERS= starts its own chief and workers; do not also set KERASTUNER_TUNER_ID")
+    source = open_source(cfg.data, "classify", data_dir=data_dir, seed=cfg.seed)
+    state = _prepare_folder(run, folder, cfg, force=force and role != "worker")
+    write_json(folder.settings, cfg.to_dict())
+    if state == "resume":
+        print(f"Continuing the search in {folder.root}")
+
+    if role == "worker":
+        run_trials(cfg, source, folder, verbose=verbose)
+        return {}
+    if workers:
+        distributed.run_local_cluster(folder, workers, data_dir=data_dir, oracle_ip=oracle_ip, verbose=verbose)
+    else:
+        run_trials(cfg, source, folder, verbose=verbose)
+
+    records = load_records(folder)
+    best = choose_best(records, cfg.objective)
+    write_report(folder, cfg, records, source=source, final=None)
+    if best is None:
+        raise UserError(f"{explain_best(records, cfg.objective)} Report: {folder.report}")
+    final = retrain_best(cfg, best, source, run, verbose=verbose)
+    write_report(folder, cfg, records, source=source, final=final)
+    print(f"Best: trial {best.trial_id}, validation accuracy {best.val_accuracy:.2%}, "
+          f"{best.int8_bytes / 1024:.1f} KB int8, {best.latency_ms:.3f} ms. "
+          f"Retrained into {run.root} (test accuracy {final['test']['accuracy']:.2%}). Report: {folder.report}")
+    return {"trial_id": best.trial_id, "hyperparameters": best.hyperparameters, "test": final["test"]["accuracy"]}

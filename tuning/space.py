@@ -1,0 +1,238 @@
+"""The search space: what `make tune` may vary, and the one place that asks Keras Tuner for values.
+
+A ``SearchSpace`` holds two kinds of entries:
+
+    ranges   (min, max), inclusive, for counts: conv_blocks, dense_layers
+    choices  a tuple of allowed values, the first is the default (Grid starts there)
+
+Defaults are small on purpose: on-device models, and a search that finishes in
+minutes on a laptop CPU. A YAML or JSON file (``SPACE=file``) or ``KEY=V1,V2``
+overrides (``SPACE_SET=``) narrow or widen any entry; unknown keys are errors.
+
+    conv_blocks: [1, 2]        # range: min, max
+    filters: [8, 16, 32, 64]   # choices for every block's filters
+    learning_rate: 0.001       # one value: not searched
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+from common.errors import ConfigError
+from models.cnn import CNNConfig, feature_map_sizes
+
+RANGES = ("conv_blocks", "dense_layers")
+CHOICES = ("filters", "kernel_size", "pool_size", "pool_stride", "hidden_units", "dropout", "learning_rate")
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """conv_blocks:  number of [conv -> ReLU -> max-pool] blocks, (min, max).
+    filters:      output channels, chosen per block (filters_1, filters_2, ...).
+    kernel_size:  side of every conv kernel.
+    pool_size:    side of every max-pooling window.
+    pool_stride:  step of every max-pooling window.
+    dense_layers: number of hidden fully connected layers, (min, max).
+    hidden_units: width, chosen per dense layer (units_1, units_2, ...).
+    dropout:      rate before each dense layer and the classifier.
+    learning_rate: Adam's learning rate.
+    """
+
+    conv_blocks: tuple[int, int] = (1, 3)
+    filters: tuple[int, ...] = (8, 16, 32)
+    kernel_size: tuple[int, ...] = (3, 5)
+    pool_size: tuple[int, ...] = (2, 3)
+    pool_stride: tuple[int, ...] = (2, 3)
+    dense_layers: tuple[int, int] = (0, 1)
+    hidden_units: tuple[int, ...] = (32, 64, 128)
+    dropout: tuple[float, ...] = (0.0, 0.2, 0.4)
+    learning_rate: tuple[float, ...] = (1e-3, 3e-3, 3e-4)
+
+    def __post_init__(self):
+        for name in RANGES:
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        for name in ("filters", "kernel_size", "pool_size", "pool_stride", "hidden_units"):
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        for name in ("dropout", "learning_rate"):
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+        problems = []
+        for name in RANGES:
+            lo_hi = getattr(self, name)
+            if len(lo_hi) != 2 or lo_hi[0] > lo_hi[1]:
+                problems.append(f"{name} must be [min, max] with min <= max, got {list(lo_hi)}")
+        if self.conv_blocks and self.conv_blocks[0] < 1:
+            problems.append(f"conv_blocks must start at 1 or more, got {list(self.conv_blocks)}")
+        if self.dense_layers and self.dense_layers[0] < 0:
+            problems.append(f"dense_layers cannot be negative, got {list(self.dense_layers)}")
+        for name in CHOICES:
+            values = getattr(self, name)
+            if not values:
+                problems.append(f"{name} needs at least one value")
+            elif len(set(values)) != len(values):
+                problems.append(f"{name} lists a value twice: {list(values)}")
+        for name in ("filters", "kernel_size", "pool_size", "pool_stride", "hidden_units"):
+            if any(v < 1 for v in getattr(self, name)):
+                problems.append(f"{name} values must be >= 1, got {list(getattr(self, name))}")
+        if any(not 0.0 <= v < 1.0 for v in self.dropout):
+            problems.append(f"dropout values must be in [0, 1), got {list(self.dropout)}")
+        if any(v <= 0 for v in self.learning_rate):
+            problems.append(f"learning_rate values must be positive, got {list(self.learning_rate)}")
+        if problems:
+            raise ConfigError("search space: " + "; ".join(problems))
+
+    def to_dict(self) -> dict:
+        return {k: list(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SearchSpace":
+        return replace(cls(), **_parse_entries(d))
+
+    def check_input_size(self, input_size: int) -> None:
+        """Raise ConfigError unless every configuration in the space builds at ``input_size``.
+
+        The smallest feature map comes from the most blocks with the largest
+        pooling window and stride, so checking that one corner is enough.
+        """
+        worst = CNNConfig(filters=(1,) * self.conv_blocks[1], pool_size=max(self.pool_size),
+                          pool_stride=max(self.pool_stride), hidden_units=())
+        if feature_map_sizes(worst, input_size)[-1] < 1:
+            raise ConfigError(
+                f"search space: {self.conv_blocks[1]} conv blocks with pool_size {max(self.pool_size)} and "
+                f"pool_stride {max(self.pool_stride)} shrink a {input_size}px image to nothing; "
+                f"lower conv_blocks' max, the pooling choices, or raise the image size"
+            )
+
+    def num_configurations(self) -> int:
+        """How many distinct models the space holds (the size of a full grid search)."""
+        blocks = sum(len(self.filters) ** n for n in range(self.conv_blocks[0], self.conv_blocks[1] + 1))
+        dense = sum(len(self.hidden_units) ** n for n in range(self.dense_layers[0], self.dense_layers[1] + 1))
+        shared = math.prod(len(getattr(self, n)) for n in ("kernel_size", "pool_size", "pool_stride",
+                                                           "dropout", "learning_rate"))
+        return blocks * dense * shared
+
+    def hyperparameters(self) -> dict[str, tuple]:
+        """Every hyperparameter Keras Tuner sees, in declaration order, with its possible values.
+
+        filters_i exists for each block up to conv_blocks' max, units_j for each dense layer up
+        to dense_layers' max; a trial uses the first conv_blocks / dense_layers of them.
+        """
+        out: dict[str, tuple] = {"conv_blocks": tuple(range(self.conv_blocks[0], self.conv_blocks[1] + 1))}
+        out.update({filters_name(i): self.filters for i in range(1, self.conv_blocks[1] + 1)})
+        out.update(kernel_size=self.kernel_size, pool_size=self.pool_size, pool_stride=self.pool_stride,
+                   dense_layers=tuple(range(self.dense_layers[0], self.dense_layers[1] + 1)))
+        out.update({units_name(j): self.hidden_units for j in range(1, self.dense_layers[1] + 1)})
+        out.update(dropout=self.dropout, learning_rate=self.learning_rate)
+        return out
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """(hyperparameter, kind, values) rows for the report: the space as searched."""
+        rows = []
+        for f in fields(self):
+            values = getattr(self, f.name)
+            if f.name in RANGES:
+                rows.append((f.name, "int range", f"{values[0]} .. {values[1]}"))
+            else:
+                label = {"filters": "filters_i (each conv block)", "hidden_units": "units_j (each dense layer)"}
+                rows.append((label.get(f.name, f.name), "choice", ", ".join(f"{v:g}" for v in values)))
+        return rows
+
+
+def _parse_entries(d: dict) -> dict:
+    """{name: value or list} from a file or overrides -> {name: tuple}; names are checked."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"search space must be a mapping of names to values, got {type(d).__name__}")
+    known = {f.name for f in fields(SearchSpace)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ConfigError(f"search space: unknown entries {unknown}; known: {sorted(known)}")
+    out = {}
+    for name, value in d.items():
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        if name in RANGES and len(values) == 1:
+            values = values * 2  # a single count is a range of one
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise ConfigError(f"search space: {name} needs numbers, got {value!r}")
+        out[name] = tuple(values)
+    return out
+
+
+def load_space(path: Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> SearchSpace:
+    """The default space, changed by a YAML/JSON file, then by ``KEY=V1,V2`` overrides."""
+    import yaml
+
+    space = SearchSpace()
+    if path is not None:
+        path = Path(path)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))  # JSON is YAML too
+            space = replace(space, **_parse_entries(loaded or {}))
+        except FileNotFoundError:
+            raise ConfigError(f"SPACE={path}: file not found") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"SPACE={path}: not valid YAML or JSON ({e})") from None
+        except ConfigError as e:
+            raise ConfigError(f"SPACE={path}: {e}") from None
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        try:
+            values = [float(t) if any(c in t for c in ".e") else int(t) for t in text.split(",") if t.strip()]
+        except ValueError:
+            values = None
+        if not sep or not values:
+            raise ConfigError(f"SPACE_SET: expected KEY=V1,V2,... with numbers, got {item!r}")
+        try:
+            space = replace(space, **_parse_entries({key.strip(): values}))
+        except ConfigError as e:
+            raise ConfigError(f"SPACE_SET {item}: {e}") from None
+    return space
+
+
+def filters_name(block: int) -> str:
+    return f"filters_{block}"
+
+
+def units_name(layer: int) -> str:
+    return f"units_{layer}"
+
+
+def _int_range(hp, name: str, lo_hi: tuple[int, int]) -> int:
+    lo, hi = lo_hi
+    return hp.Fixed(name, lo) if lo == hi else hp.Int(name, lo, hi)
+
+
+def _choice(hp, name: str, values: tuple):
+    return hp.Fixed(name, values[0]) if len(values) == 1 else hp.Choice(name, list(values))
+
+
+def sample_cnn_config(hp, space: SearchSpace) -> tuple[CNNConfig, float]:
+    """Ask ``hp`` (a keras_tuner HyperParameters) for one point of ``space``.
+
+    Per-block filters and per-layer units are conditional on the block and
+    layer counts, so an unused block's filters never count as a different trial.
+
+    Returns:
+        (the CNN's config, the learning rate).
+    """
+    blocks = _int_range(hp, "conv_blocks", space.conv_blocks)
+    filters = []
+    for i in range(1, space.conv_blocks[1] + 1):
+        with hp.conditional_scope("conv_blocks", list(range(max(i, space.conv_blocks[0]), space.conv_blocks[1] + 1))):
+            value = _choice(hp, filters_name(i), space.filters)
+        if i <= blocks:
+            filters.append(value)
+    kernel_size = _choice(hp, "kernel_size", space.kernel_size)
+    pool_size = _choice(hp, "pool_size", space.pool_size)
+    pool_stride = _choice(hp, "pool_stride", space.pool_stride)
+    layers = _int_range(hp, "dense_layers", space.dense_layers)
+    units = []
+    for j in range(1, space.dense_layers[1] + 1):
+        with hp.conditional_scope("dense_layers", list(range(max(j, space.dense_layers[0]), space.dense_layers[1] + 1))):
+            value = _choice(hp, units_name(j), space.hidden_units)
+        if j <= layers:
+            units.append(value)
+    dropout = _choice(hp, "dropout", space.dropout)
+    learning_rate = _choice(hp, "learning_rate", space.learning_rate)
+    cfg = CNNConfig(filters=tuple(filters), kernel_size=kernel_size, pool_size=pool_size,
+                    pool_stride=pool_stride, hidden_units=tuple(units), dropout=dropout)
+    return cfg, float(learning_rate)
