@@ -61,7 +61,7 @@ def run_pipeline_benchmark(data: str, out_dir: Path, *, data_dir: Path | None = 
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
-    from models.cnn import CNNConfig, build_cnn
+    from models.cnn import build_cnn
     from pipeline.dataset import PipelineConfig, classification_dataset
     from pipeline.sources import open_source
     from pipeline.train import TrainConfig

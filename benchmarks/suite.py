@@ -33,8 +33,12 @@ def _pipeline(out: Path, data_dir):
 def _export(out: Path, data_dir):
     from benchmarks.export_bench import run_export_benchmark
 
+    from benchmarks.int8_kernels import run_int8_kernel_probe
+
     run = _ensure_trained_run(out / "classify-run", data_dir)
-    return run_export_benchmark(run, out, data_dir=data_dir)
+    result = run_export_benchmark(run, out, data_dir=data_dir)
+    result["int8_kernels"] = run_int8_kernel_probe(out)  # where the int8 speed-up comes from, or not
+    return result
 
 
 def _tuning(out: Path, data_dir):
