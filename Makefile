@@ -10,7 +10,8 @@
 # Variables (all optional):
 #   TASK=classify|detect   DATA=shapes|tfds:NAME|folder:PATH|voc:PATH|coco:FILE.json
 #   RUN=run folder (default runs/$(TASK)-<data>)   EPOCHS=  SEED=  IMAGE=  MODEL=
-#   IMAGE_SIZE=  BATCH=  LR=  FILTERS=32,64,128  HIDDEN=128  FLIP=0  FORCE=1  SKIP_BAD=1
+#   IMAGE_SIZE=  BATCH=  LR=  FILTERS=16,32,64  HIDDEN=128  FLIP=0  FORCE=1  SKIP_BAD=1
+#   STRATEGY=auto|default|mirrored|multiworker  PRECISION=float32|mixed_float16|mixed_bfloat16|auto  WORKERS=N
 
 PYTHON_BASE ?= python3
 VENV ?= .venv
@@ -32,7 +33,8 @@ TRAIN_ARGS = --task $(TASK) --data '$(DATA)' --run '$(RUN)' --seed $(SEED) \
 	$(call opt,--filters,$(FILTERS)) $(call opt,--hidden-units,$(HIDDEN)) \
 	$(call opt,--kernel-size,$(KERNEL)) $(call opt,--pool-size,$(POOL)) $(call opt,--pool-stride,$(POOL_STRIDE)) \
 	$(call opt,--dropout,$(DROPOUT)) $(call opt,--data-dir,$(DATA_DIR)) \
-	$(if $(filter 0 no false,$(FLIP)),--no-flip) $(call flag,--force,$(FORCE)) $(call flag,--skip-bad,$(SKIP_BAD))
+	$(if $(filter 0 no false,$(FLIP)),--no-flip) $(call flag,--force,$(FORCE)) $(call flag,--skip-bad,$(SKIP_BAD)) \
+	$(call opt,--strategy,$(STRATEGY)) $(call opt,--precision,$(PRECISION)) $(call opt,--workers,$(WORKERS))
 
 QUANT ?= int8
 # make tune writes its own run folder unless RUN= is given: runs/<task>-<data>-tuned

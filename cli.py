@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dropout", type=float)
     p.add_argument("--no-flip", action="store_true", help="no horizontal flips (text, digits, chiral shapes)")
     p.add_argument("--force", action="store_true", help="replace a finished or different run in --run")
+    p.add_argument("--strategy", default="auto", help="auto | default | mirrored | multiworker (needs TF_CONFIG)")
+    p.add_argument("--precision", default="float32", help="float32 | mixed_float16 | mixed_bfloat16 | auto")
+    p.add_argument("--workers", type=int, default=1, help="train with N local workers on 127.0.0.1 ports")
 
     p = sub.add_parser("eval", help="evaluate a run's model (or an exported .tflite) on a test split")
     p.add_argument("--run", type=Path, required=True)
@@ -88,11 +91,14 @@ def _parser() -> argparse.ArgumentParser:
 def cmd_train(args) -> None:
     from dataclasses import replace
 
+    from pipeline.distribute import resolve_precision, select_strategy
     from pipeline.sources import open_source
     from pipeline.train import TrainConfig, train_classifier
 
     if args.task != "classify":
         raise UserError(f"TASK={args.task}: only TASK=classify can be trained so far")
+    # First TensorFlow work of the process: MultiWorkerMirroredStrategy cannot start after any other.
+    strategy = None if args.workers > 1 else select_strategy(args.strategy)
     defaults = TrainConfig()
     cnn_changes = {k: v for k, v in {
         "filters": args.filters, "kernel_size": args.kernel_size, "pool_size": args.pool_size,
@@ -107,9 +113,17 @@ def cmd_train(args) -> None:
         "learning_rate": args.lr,
     }.items() if v is not None}
     augment = replace(defaults.augment, flip=not args.no_flip)
-    cfg = replace(defaults, data=args.data, task=args.task, seed=args.seed, cnn=cnn, augment=augment, **changes)
+    cfg = replace(defaults, data=args.data, task=args.task, seed=args.seed, cnn=cnn, augment=augment,
+                  precision=resolve_precision(args.precision), **changes)
     source = open_source(args.data, args.task, data_dir=args.data_dir, seed=args.seed, skip_bad=args.skip_bad)
-    train_classifier(cfg, source, args.run, force=args.force)
+    if args.workers > 1:  # the data is prepared (above) once, before the workers start
+        from pipeline.multiworker import launch_local_workers
+
+        code = launch_local_workers(args.argv, args.workers, args.run)
+        if code:
+            raise SystemExit(code)
+        return
+    train_classifier(cfg, source, args.run, force=args.force, strategy=strategy)
 
 
 def cmd_eval(args) -> None:
@@ -177,7 +191,9 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "tune"
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
+    args.argv = argv[1:]  # the subcommand's own arguments, for commands that start copies of themselves
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # SIGTERM (a scheduler, `timeout`) takes the same path as Ctrl-C: state kept for resume.
     signal.signal(signal.SIGTERM, signal.default_int_handler)

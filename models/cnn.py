@@ -79,7 +79,8 @@ def feature_map_sizes(cfg: CNNConfig, input_size: int) -> list[int]:
     return sizes
 
 
-def build_cnn(cfg: CNNConfig, num_classes: int, input_size: int, keras: ModuleType | None = None):
+def build_cnn(cfg: CNNConfig, num_classes: int, input_size: int, keras: ModuleType | None = None, *,
+              output_dtype: str | None = None):
     """Build the classifier.
 
     Args:
@@ -89,6 +90,9 @@ def build_cnn(cfg: CNNConfig, num_classes: int, input_size: int, keras: ModuleTy
         keras: the Keras module to build with. ``None`` means Keras 3; the
             exporter passes ``tf_keras`` to get the layer-for-layer identical
             Keras 2 model that tensorflow-model-optimization needs.
+        output_dtype: dtype policy of the softmax layer; None takes the global policy.
+            Training under a mixed precision policy passes "float32", so the
+            probabilities and the loss are computed in float32.
 
     Returns:
         A model mapping float32 [B, input_size, input_size, 3] in 0..255 to
@@ -117,5 +121,5 @@ def build_cnn(cfg: CNNConfig, num_classes: int, input_size: int, keras: ModuleTy
         x = layers.ReLU(name=f"fc{j}_relu")(x)
     if cfg.dropout:
         x = layers.Dropout(cfg.dropout, name="classifier_dropout")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="probabilities", dtype=output_dtype)(x)
     return keras.Model(inputs, outputs, name="cnn")

@@ -22,6 +22,7 @@ from pathlib import Path
 from common.errors import ConfigError, UserError
 from common.run_folder import RunFolder, atomic_path, write_json
 from models.cnn import CNNConfig, build_cnn
+from pipeline import distribute
 from pipeline.augment import AugmentConfig
 from pipeline.dataset import PipelineConfig, classification_dataset
 from pipeline.evaluate import classification_metrics, predict_dataset
@@ -33,7 +34,13 @@ SAMPLES_PER_RUN = 6
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that determines a classification run; saved as RUN/config.json."""
+    """Everything that determines a classification run; saved as RUN/config.json.
+
+    ``precision`` (a Keras dtype policy: float32, mixed_float16, mixed_bfloat16) belongs here: it
+    changes the numbers and the optimizer state a resumed run restores. The distribution
+    strategy does not: it changes where the steps run, not what they compute (the batch is the
+    global batch), so a multi-worker run can be resumed by one worker and the other way round.
+    """
 
     data: str = "shapes"
     task: str = "classify"
@@ -45,8 +52,12 @@ class TrainConfig:
     seed: int = 0
     cnn: CNNConfig = field(default_factory=CNNConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    precision: str = "float32"
 
     def __post_init__(self):
+        if self.precision not in distribute.PRECISIONS:
+            raise ConfigError(f"PRECISION={self.precision}: expected one of {', '.join(distribute.PRECISIONS)} "
+                              f"(resolve auto with pipeline.distribute.resolve_precision first)")
         if self.epochs < 1:
             raise ConfigError(f"EPOCHS={self.epochs}: must be at least 1")
         if self.batch_size < 1:
@@ -60,6 +71,10 @@ class TrainConfig:
         d = asdict(self)
         d["cnn"] = self.cnn.to_dict()
         d["augment"] = self.augment.to_dict()
+        if d["precision"] == "float32":
+            # Written only when not the default, so the config.json of a float32 run (every run
+            # made before mixed precision existed) is unchanged and such runs still resume.
+            del d["precision"]
         return d
 
     @classmethod
@@ -73,8 +88,11 @@ class TrainConfig:
         return PipelineConfig(image_size=self.image_size, batch_size=self.batch_size, augment=self.augment)
 
 
-def _prepare_folder(run: RunFolder, cfg: TrainConfig, force: bool) -> str:
-    """Returns "new", "resume" or "done"; raises when the folder holds something else."""
+def _prepare_folder(run: RunFolder, cfg: TrainConfig, force: bool, may_write: bool = True) -> str:
+    """Returns "new", "resume" or "done"; raises when the folder holds something else.
+
+    ``may_write=False`` (a non-chief worker) reaches the same verdict without removing anything.
+    """
     root = run.root
     if root.exists() and not root.is_dir():
         raise UserError(f"{root}: RUN must be a folder, but a file is there")
@@ -85,7 +103,8 @@ def _prepare_folder(run: RunFolder, cfg: TrainConfig, force: bool) -> str:
     saved = run.read_config()
     if saved != cfg.to_dict():
         if force:
-            shutil.rmtree(root)
+            if may_write:
+                shutil.rmtree(root)
             return "new"
         changed = sorted(k for k in set(saved) | set(cfg.to_dict()) if saved.get(k) != cfg.to_dict().get(k))
         raise UserError(
@@ -94,7 +113,8 @@ def _prepare_folder(run: RunFolder, cfg: TrainConfig, force: bool) -> str:
         )
     if run.is_complete():
         if force:
-            shutil.rmtree(root)
+            if may_write:
+                shutil.rmtree(root)
             return "new"
         return "done"
     return "resume"
@@ -108,8 +128,11 @@ def _history(csv_path: Path) -> dict[str, list[float]]:
     with open(csv_path, newline="") as f:
         for row in csv.DictReader(f):
             rows[int(row["epoch"])] = row
-    keys = [k for k in (next(iter(rows.values()), {}) or {}) if k != "epoch"]
-    return {k: [float(rows[e][k]) for e in sorted(rows)] for k in keys}
+    # CSVLogger writes "NA" for val_* columns when there is no validation data; such columns are left out.
+    keys = [k for k in (next(iter(rows.values()), {}) or {})
+            if k != "epoch" and any(rows[e][k] not in ("", "NA") for e in rows)]
+    return {k: [float(rows[e][k]) if rows[e][k] not in ("", "NA") else float("nan") for e in sorted(rows)]
+            for k in keys}
 
 
 def _save_samples(run: RunFolder, source: Source, label_names) -> None:
@@ -129,15 +152,26 @@ def _save_samples(run: RunFolder, source: Source, label_names) -> None:
 
 
 def train_classifier(cfg: TrainConfig, source: Source, run_dir: Path, *, force: bool = False,
-                     verbose: int | None = None) -> dict:
-    """Train (or resume, or recognise as done) the run in ``run_dir``. Returns metrics.json's content."""
+                     verbose: int | None = None, strategy=None) -> dict:
+    """Train (or resume, or recognise as done) the run in ``run_dir``. Returns metrics.json's content.
+
+    ``strategy``: from ``pipeline.distribute.select_strategy`` (None: the default strategy). Under
+    MultiWorkerMirroredStrategy every worker calls this with the same arguments and ``run_dir``
+    on a filesystem they all see; only the chief writes it. The other workers read the chief's
+    config and backup to resume in step with it, write to a temporary folder, and return {}.
+    """
     import keras
 
     if source.task != "classify":
         raise ConfigError(f"DATA={cfg.data} is a {source.task} source; train_classifier needs a classification source")
+    if strategy is None:
+        strategy = distribute.select_strategy("default")
+    chief = distribute.writes_run_folder(strategy)
     run = RunFolder(Path(run_dir))
-    state = _prepare_folder(run, cfg, force)
+    state = _prepare_folder(run, cfg, force, may_write=chief)
     if state == "done":
+        if not chief:
+            return {}
         print(f"{run.root} is already trained (test accuracy "
               f"{json.loads(run.metrics.read_text())['test']['accuracy']:.2%}); FORCE=1 retrains it.")
         return json.loads(run.metrics.read_text())
@@ -145,49 +179,89 @@ def train_classifier(cfg: TrainConfig, source: Source, run_dir: Path, *, force: 
     if verbose is None:  # a live progress bar on a terminal, one line per epoch in logs and CI
         verbose = 1 if sys.stdout.isatty() else 2
     try:
-        return _train(cfg, source, run, resuming=state == "resume", verbose=verbose, keras=keras)
+        with distribute.worker_dir(run.root, chief) as own:  # RUN on the chief; a temporary folder elsewhere
+            return _train(cfg, source, run, RunFolder(own), resuming=state == "resume", verbose=verbose,
+                          keras=keras, strategy=strategy, chief=chief)
     except KeyboardInterrupt:
-        print(f"\nInterrupted. Run the same command again to resume from the last finished epoch ({run.root}).")
+        if chief:
+            print(f"\nInterrupted. Run the same command again to resume from the last finished epoch ({run.root}).")
         raise
     except BaseException:
-        if created and not run.resume_dir.exists():
+        if chief and created and not run.resume_dir.exists():
             shutil.rmtree(run.root, ignore_errors=True)  # nothing worth resuming: leave no half-written run
         raise
 
 
-def _train(cfg: TrainConfig, source: Source, run: RunFolder, *, resuming: bool, verbose: int, keras) -> dict:
+def _build_model(cfg: TrainConfig, num_classes: int, strategy, keras):
+    """The compiled CNN: variables under ``strategy``, layers under ``cfg.precision``.
+
+    Under a mixed policy the softmax layer stays float32, so the loss is computed in float32;
+    Keras wraps the optimizer in a LossScaleOptimizer for mixed_float16 by itself.
+    """
+    with strategy.scope(), distribute.apply_precision(cfg.precision):
+        model = build_cnn(cfg.cnn, num_classes, cfg.image_size,
+                          output_dtype="float32" if distribute.is_mixed(cfg.precision) else None)
+        model.compile(
+            optimizer=keras.optimizers.Adam(cfg.learning_rate),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+    return distribute.adapt_model(model, strategy)
+
+
+def _float32_copy(model, cfg: TrainConfig, num_classes: int):
+    """The trained weights in a plain float32 model built outside any strategy: what model.keras
+    holds, so eval, predict and the TFLite export never see a mixed policy or a distributed variable."""
+    with distribute.apply_precision("float32"):
+        final = build_cnn(cfg.cnn, num_classes, cfg.image_size)
+    final.set_weights(model.get_weights())  # variables are float32 under every policy
+    return final
+
+
+def _train(cfg: TrainConfig, source: Source, run: RunFolder, mine: RunFolder, *, resuming: bool, verbose: int,
+           keras, strategy, chief: bool) -> dict:
+    """``mine``: where this worker writes its own training files (``run`` itself on the chief)."""
     label_names = list(source.label_names)
-    run.root.mkdir(parents=True, exist_ok=True)
-    write_json(run.config, cfg.to_dict())
-    run.write_labels(label_names)
+    if chief:
+        run.root.mkdir(parents=True, exist_ok=True)
+        write_json(run.config, cfg.to_dict())
+        run.write_labels(label_names)
     pipe = cfg.pipeline()
-    cache_dir = run.resume_dir / "cache"
-    train_ds = classification_dataset(source, "train", pipe, training=True, seed=cfg.seed, cache_dir=cache_dir)
-    val_ds = classification_dataset(source, "validation", pipe, training=False, cache_dir=cache_dir)
-    test_ds = classification_dataset(source, "test", pipe, training=False, cache_dir=cache_dir)
+    cache_dir = mine.resume_dir / "cache"
+    # Sources do not report their files yet, so every source gets DATA sharding (see auto_shard_policy).
+    shard = distribute.auto_shard_policy(None, distribute.num_workers(strategy))
+    train_ds = distribute.with_auto_shard(
+        classification_dataset(source, "train", pipe, training=True, seed=cfg.seed, cache_dir=cache_dir), shard)
+    val_ds = distribute.with_auto_shard(
+        classification_dataset(source, "validation", pipe, training=False, cache_dir=cache_dir), shard)
 
     keras.utils.set_random_seed(cfg.seed)
-    model = build_cnn(cfg.cnn, len(label_names), cfg.image_size)
-    model.compile(
-        optimizer=keras.optimizers.Adam(cfg.learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    if resuming:
+    model = _build_model(cfg, len(label_names), strategy, keras)
+    if resuming and chief:
         print(f"Resuming the unfinished run in {run.root}")
-    run.resume_dir.mkdir(parents=True, exist_ok=True)
-    history_csv = run.resume_dir / "history.csv"
-    callbacks = [
-        keras.callbacks.BackupAndRestore(str(run.resume_dir / "backup")),
+    mine.resume_dir.mkdir(parents=True, exist_ok=True)
+    history_csv = mine.resume_dir / "history.csv"
+    backup = run.resume_dir / "backup"
+    if chief:
+        # double_checkpoint: a worker stopped mid-save (the launcher stops the chief when a peer dies)
+        # leaves the previous epoch's backup to resume from.
+        callbacks = [keras.callbacks.BackupAndRestore(str(backup), double_checkpoint=True)]
+    else:  # restore what the chief saved, so every worker starts from the same epoch and weights
+        callbacks = [distribute.restore_only(backup)] if resuming else []
+    callbacks += [
         keras.callbacks.CSVLogger(str(history_csv), append=True),
         keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.patience, restore_best_weights=True),
-        keras.callbacks.TensorBoard(log_dir=str(run.logs), histogram_freq=0, write_graph=False),
+        keras.callbacks.TensorBoard(log_dir=str(mine.logs), histogram_freq=0, write_graph=False),
     ]
     start = time.time()
     model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=verbose)
     train_seconds = time.time() - start
+    if not chief:
+        return {}
     history = _history(history_csv)
 
+    model = _float32_copy(model, cfg, len(label_names))
+    test_ds = classification_dataset(source, "test", pipe, training=False, cache_dir=cache_dir)
     probs, labels = predict_dataset(lambda x: model.predict_on_batch(x), test_ds)
     test = classification_metrics(probs, labels, label_names)
     with atomic_path(run.model) as tmp:

@@ -1,0 +1,165 @@
+"""Rehearse multi-worker training on one machine: N local workers on 127.0.0.1 ports.
+
+    launch_local_workers(train_argv, n, run_dir)
+
+starts ``python cli.py train <train_argv> --strategy multiworker`` N times, each with its own
+``TF_CONFIG`` (worker 0 is the chief), streams the chief's output, and returns non-zero as soon
+as any worker fails (the others are stopped). Training is checkpointed every epoch into
+RUN/.resume, so running the same command again after a killed worker resumes from the last
+finished epoch. Across machines the same ``cli.py train --strategy multiworker`` runs on every
+host with a TF_CONFIG naming all of them (README, "More than one machine").
+
+Every worker dies with the process that started it (Linux), so a killed launcher never leaves
+workers holding ports or writing the run folder behind the rerun's back.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+HOST = "127.0.0.1"
+STOP_GRACE_SECONDS = 5  # a worker blocked in a collective op cannot run its SIGTERM handler; then SIGKILL
+_OWN_FLAGS = ("--workers", "--strategy")  # set by the launcher, not passed on to the workers
+
+
+def free_ports(n: int, host: str = HOST) -> list[int]:
+    """``n`` distinct ports nothing listens on right now (held open together so they differ)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def tf_config(hosts: list[str], index: int) -> str:
+    """The TF_CONFIG of worker ``index`` in a cluster of ``hosts`` ("host:port"); worker 0 is the chief."""
+    return json.dumps({"cluster": {"worker": list(hosts)}, "task": {"type": "worker", "index": index}})
+
+
+def worker_argv(train_argv: list[str]) -> list[str]:
+    """``train_argv`` without --workers/--strategy (either form), plus ``--strategy multiworker``."""
+    out, skip = [], False
+    for arg in train_argv:
+        if skip:
+            skip = False
+            continue
+        if arg in _OWN_FLAGS:
+            skip = True
+            continue
+        if arg.startswith(tuple(f"{flag}=" for flag in _OWN_FLAGS)):
+            continue
+        out.append(arg)
+    return out + ["--strategy", "multiworker"]
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: ask Linux to SIGKILL it when its parent dies."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: workers may outlive a killed launcher
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no output)"
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def run_workers(command: list[str], n: int, *, env: dict | None = None, poll_seconds: float = 0.2) -> int:
+    """Run ``command`` as workers 0..n-1 of a local cluster; 0 when all succeed, else a failed
+    worker's exit status (its output's tail is printed; the other workers are stopped).
+
+    Worker 0's output goes to this process's stdout and stderr; the others' to temporary files,
+    removed when every worker succeeded.
+    """
+    if n < 1:
+        raise ConfigError(f"WORKERS={n}: must be at least 1")
+    hosts = [f"{HOST}:{port}" for port in free_ports(n)]
+    base = dict(os.environ if env is None else env)
+    # Workers on one host share its cores; without this each one starts a thread per core.
+    threads = str(max(1, (os.cpu_count() or 1) // n))
+    logs = Path(tempfile.mkdtemp(prefix="train-workers-"))
+    procs, files = [], []
+    try:
+        for i in range(n):
+            worker_env = {**base, "TF_CONFIG": tf_config(hosts, i), "PYTHONUNBUFFERED": "1"}
+            worker_env.setdefault("TF_NUM_INTRAOP_THREADS", threads)
+            worker_env.setdefault("TF_NUM_INTEROP_THREADS", "1")
+            if i == 0:
+                out = None  # the chief's output is the run's output
+            else:
+                out = open(logs / f"worker{i}.log", "wb")
+                files.append(out)
+            procs.append(subprocess.Popen(command, env=worker_env, cwd=ROOT, stdout=out,
+                                          stderr=subprocess.STDOUT if out else None,
+                                          preexec_fn=_die_with_parent))
+        while True:
+            codes = [p.poll() for p in procs]
+            failed = next((i for i, c in enumerate(codes) if c not in (None, 0)), None)
+            if failed is not None:
+                _stop(procs)
+                where = "above" if failed == 0 else f"{logs / f'worker{failed}.log'}, which ends with:\n" \
+                                                    f"{_tail(logs / f'worker{failed}.log')}"
+                print(f"Worker {failed} of {n} exited with status {codes[failed]}; the other workers were stopped. "
+                      f"Its output is {where}", file=sys.stderr)
+                return codes[failed] if codes[failed] > 0 else 128 - codes[failed]
+            if all(c == 0 for c in codes):
+                for f in files:
+                    f.close()
+                files.clear()
+                for log in logs.iterdir():
+                    log.unlink()
+                logs.rmdir()
+                return 0
+            time.sleep(poll_seconds)
+    except BaseException:
+        _stop(procs)
+        raise
+    finally:
+        for f in files:
+            f.close()
+
+
+def launch_local_workers(train_argv: list[str], n: int, run_dir: Path, *, env: dict | None = None) -> int:
+    """Train one model with ``n`` local workers (MultiWorkerMirroredStrategy on 127.0.0.1).
+
+    ``train_argv``: the ``cli.py train`` arguments as the user gave them (what follows ``train``);
+    --workers and --strategy are dropped and ``--strategy multiworker`` added. Open the data
+    source once before calling this, so the workers do not all prepare it at the same time.
+    Returns 0 on success, else the failed worker's exit status.
+    """
+    command = [sys.executable, str(ROOT / "cli.py"), "train", *worker_argv(list(train_argv))]
+    print(f"Training with {n} local workers (worker 0 is the chief and writes {run_dir})", flush=True)
+    return run_workers(command, n, env=env)
