@@ -99,6 +99,8 @@ def _prepare_folder(run: RunFolder, cfg: TrainConfig, force: bool, may_write: bo
     if not root.exists() or not any(root.iterdir()):
         return "new"
     if not run.config.exists():
+        if {p.name for p in root.iterdir()} <= {"tuning"}:
+            return "new"  # `make tune` keeps its search here and trains the best configuration beside it
         raise UserError(f"{root}: folder exists and is not a run folder (no config.json); choose another RUN=")
     saved = run.read_config()
     if saved != cfg.to_dict():
@@ -188,8 +190,18 @@ def train_classifier(cfg: TrainConfig, source: Source, run_dir: Path, *, force: 
         raise
     except BaseException:
         if chief and created and not run.resume_dir.exists():
-            shutil.rmtree(run.root, ignore_errors=True)  # nothing worth resuming: leave no half-written run
+            _remove_training_outputs(run)  # nothing worth resuming: leave no half-written run
         raise
+
+
+def _remove_training_outputs(run: RunFolder) -> None:
+    """Remove what training writes, and RUN itself if nothing else (tuning/, export/) is in it."""
+    for path in (run.config, run.labels, run.model, run.metrics, run.report):
+        path.unlink(missing_ok=True)
+    for folder in (run.plots, run.samples, run.logs, run.resume_dir, run.root / "eval"):
+        shutil.rmtree(folder, ignore_errors=True)
+    if run.root.exists() and not any(run.root.iterdir()):
+        run.root.rmdir()
 
 
 def _build_model(cfg: TrainConfig, num_classes: int, strategy, keras):
@@ -237,11 +249,11 @@ def _train(cfg: TrainConfig, source: Source, run: RunFolder, mine: RunFolder, *,
 
     keras.utils.set_random_seed(cfg.seed)
     model = _build_model(cfg, len(label_names), strategy, keras)
-    if resuming and chief:
-        print(f"Resuming the unfinished run in {run.root}")
     mine.resume_dir.mkdir(parents=True, exist_ok=True)
     history_csv = mine.resume_dir / "history.csv"
     backup = run.resume_dir / "backup"
+    if resuming and chief and backup.exists():
+        print(f"Resuming the unfinished run in {run.root}")
     if chief:
         # double_checkpoint: a worker stopped mid-save (the launcher stops the chief when a peer dies)
         # leaves the previous epoch's backup to resume from.

@@ -149,3 +149,19 @@ def test_predict_and_eval_on_missing_run(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert cli.main(["eval", "--run", str(tmp_path / "empty")]) == 2
     assert "model not found" in capsys.readouterr().err
+
+
+def test_failed_new_run_removes_only_what_training_wrote(tmp_path, tiny_shapes):
+    # A CNN that pools a 8px input away fails after the run folder was started.
+    bad = TrainConfig(data="shapes", image_size=8, epochs=1, cnn=CNNConfig(filters=(4, 4, 4, 4)))
+    fresh = tmp_path / "fresh"
+    with pytest.raises(ValueError, match="shrink"):
+        train_classifier(bad, tiny_shapes, fresh, verbose=0)
+    assert not fresh.exists()
+    shared = tmp_path / "shared"
+    (shared / "tuning").mkdir(parents=True)
+    (shared / "tuning" / "trials.csv").write_text("kept")
+    with pytest.raises(ValueError, match="shrink"):
+        train_classifier(bad, tiny_shapes, shared, verbose=0)
+    assert (shared / "tuning" / "trials.csv").read_text() == "kept"
+    assert sorted(p.name for p in shared.iterdir()) == ["tuning"]
