@@ -46,7 +46,7 @@ class TrainConfig:
     task: str = "classify"
     image_size: int = 64
     batch_size: int = 64
-    epochs: int = 10
+    epochs: int = 10  # enough for the built-in data; see epochs_for()
     learning_rate: float = 1e-3
     patience: int = 4
     seed: int = 0
@@ -66,6 +66,12 @@ class TrainConfig:
             raise ConfigError(f"IMAGE_SIZE={self.image_size}: must be at least 8")
         if not self.learning_rate > 0:
             raise ConfigError(f"LR={self.learning_rate}: must be positive")
+
+    @staticmethod
+    def epochs_for(data: str) -> int:
+        """Default epoch budget: the built-in data converges in 10; other data gets 30, and early
+        stopping (patience epochs without a better validation accuracy) ends it when it stops improving."""
+        return 10 if data.split(":")[0] == "shapes" else 30
 
     def to_dict(self) -> dict:
         d = asdict(self)
