@@ -109,8 +109,8 @@ def cmd_train(args) -> None:
     except ValueError as e:
         raise UserError(str(e)) from None
     changes = {k: v for k, v in {
-        "epochs": TrainConfig.epochs_for(args.data) if args.epochs is None else args.epochs, "batch_size": args.batch_size, "image_size": args.image_size,
-        "learning_rate": args.lr,
+        "epochs": TrainConfig.epochs_for(args.data) if args.epochs is None else args.epochs,
+        "batch_size": args.batch_size, "image_size": args.image_size, "learning_rate": args.lr,
     }.items() if v is not None}
     augment = replace(defaults.augment, flip=not args.no_flip)
     cfg = replace(defaults, data=args.data, task=args.task, seed=args.seed, cnn=cnn, augment=augment,
