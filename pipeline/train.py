@@ -272,7 +272,8 @@ def _train(cfg: TrainConfig, source: Source, run: RunFolder, mine: RunFolder, *,
         keras.callbacks.TensorBoard(log_dir=str(mine.logs), histogram_freq=0, write_graph=False),
     ]
     start = time.time()
-    model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=verbose)
+    model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=verbose,
+              shuffle=False)  # the dataset reshuffles itself, seeded
     train_seconds = time.time() - start
     if not chief:
         return {}
