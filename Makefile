@@ -1,6 +1,6 @@
 # The front door. Every target sets up .venv on first use, then calls cli.py.
 #
-#   make demo                      the whole chain on the built-in shapes: train, export int8, predict
+#   make demo                      the whole chain on the built-in shapes: train, a short tune, export int8, predict
 #   make train [TASK= DATA= RUN= EPOCHS= SEED= ...]
 #   make tune [TUNER=bayesian|random|hyperband|grid TRIALS=6 MAX_SIZE_KB= MAX_LATENCY_MS= OBJECTIVE=accuracy|score
 #              LATENCY_WEIGHT=0.07 SPACE=space.yaml SPACE_SET='filters=8,16' WORKERS=N FINAL_EPOCHS= TRIAL_IMAGES=]
@@ -53,7 +53,8 @@ $(STAMP): requirements.txt requirements-nodeps.txt
 
 demo: $(STAMP)
 	$(PY) cli.py train $(TRAIN_ARGS)
-	$(PY) cli.py export --run '$(RUN)' --quant int8
+	$(PY) cli.py tune --run '$(RUN)-tuned' --data '$(DATA)' --seed $(SEED) --trials 3 $(call opt,--data-dir,$(DATA_DIR))
+	$(PY) cli.py export --run '$(RUN)' --quant int8 $(call opt,--data-dir,$(DATA_DIR))
 	$(PY) cli.py predict --run '$(RUN)' --model '$(RUN)/export/model_int8.tflite'
 
 train: $(STAMP)
