@@ -95,8 +95,8 @@ def cmd_train(args) -> None:
     from pipeline.sources import open_source
     from pipeline.train import TrainConfig, train_classifier
 
-    if args.task != "classify":
-        raise UserError(f"TASK={args.task}: only TASK=classify can be trained so far")
+    if args.task == "detect":
+        return _train_detector(args)
     # First TensorFlow work of the process: MultiWorkerMirroredStrategy cannot start after any other.
     strategy = None if args.workers > 1 else select_strategy(args.strategy)
     defaults = TrainConfig()
@@ -126,6 +126,58 @@ def cmd_train(args) -> None:
     train_classifier(cfg, source, args.run, force=args.force, strategy=strategy)
 
 
+def _train_detector(args) -> None:
+    from dataclasses import replace
+
+    from pipeline.sources import open_source
+    from pipeline.train_detector import DetectTrainConfig, train_detector
+
+    if args.workers > 1 or args.strategy not in ("auto", "default") or args.precision != "float32":
+        raise UserError("TASK=detect trains on one worker in float32 for now (no STRATEGY=, PRECISION=, WORKERS=)")
+    cfg = DetectTrainConfig(data=args.data, seed=args.seed)
+    changes = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size,
+                                 "learning_rate": args.lr}.items() if v is not None}
+    try:
+        if args.image_size:
+            changes["ssd"] = cfg.ssd.replace(anchors=cfg.ssd.anchors.replace(input_size=args.image_size))
+        if args.no_flip:
+            changes["augment"] = replace(cfg.augment, flip=False)
+        cfg = replace(cfg, **changes)
+    except ValueError as e:
+        raise UserError(f"IMAGE_SIZE={args.image_size}: {e}") from None
+    source = open_source(args.data, "detect", data_dir=args.data_dir, seed=args.seed, skip_bad=args.skip_bad)
+    train_detector(cfg, source, args.run, force=args.force)
+
+
+def _run_task(run_dir: Path | None, model: Path | None) -> str:
+    """"classify" or "detect": from the run's config.json, else from the model file itself."""
+    from common.run_folder import RunFolder
+
+    if run_dir is not None and RunFolder(run_dir).config.exists():
+        return RunFolder(run_dir).read_config().get("task", "classify")
+    if model is not None and model.suffix == ".keras" and RunFolder(model.parent).config.exists():
+        return RunFolder(model.parent).read_config().get("task", "classify")
+    if model is not None and model.suffix == ".tflite" and model.exists():
+        from export.runtime import TFLiteModel
+
+        # a detector carries TFLite_Detection_PostProcess: boxes, classes, scores, count
+        return "detect" if len(TFLiteModel(model).interpreter.get_output_details()) == 4 else "classify"
+    return "classify"
+
+
+def _eval_detector(args) -> None:
+    from common.run_folder import RunFolder, write_json
+    from pipeline.detect_predict import evaluate_detection_run
+
+    result = evaluate_detection_run(args.run, model_path=args.model, data=args.data, data_dir=args.data_dir,
+                                    split=args.split)
+    what = Path(result["model"])
+    out = RunFolder(args.run).root / "eval" / f"{what.stem}-{args.split}.json"
+    write_json(out, result)
+    print(f"{what} on {result['data']} [{args.split}]: mAP@[.5:.95] {result['map']:.3f}, mAP@.5 {result['map50']:.3f} "
+          f"over {result['images']} images; written to {out}")
+
+
 def cmd_eval(args) -> None:
     from common.run_folder import RunFolder, write_json
     from pipeline.dataset import classification_dataset
@@ -136,6 +188,8 @@ def cmd_eval(args) -> None:
 
     run = RunFolder(args.run)
     run.require_model()
+    if _run_task(args.run, args.model) == "detect":
+        return _eval_detector(args)
     cfg = TrainConfig.from_dict(run.read_config())
     data = args.data or cfg.data
     source = open_source(data, cfg.task, data_dir=args.data_dir, seed=cfg.seed)
@@ -164,15 +218,39 @@ def cmd_eval(args) -> None:
 def cmd_predict(args) -> None:
     from pipeline.predict import default_image, format_table, load_classifier, predict_file
 
-    classifier = load_classifier(args.run, args.model)
     image = args.image
     if image is None:
         if args.run is None:
             raise UserError("predict needs IMAGE=path/to/image")
         image = default_image(args.run)
+    if _run_task(args.run, args.model) == "detect":
+        from pipeline.detect_predict import format_detection_table, load_detector, predict_detections
+
+        detector = load_detector(args.run, args.model)
+        out_png = (args.run if args.run is not None else Path("runs")) / "predictions" / f"{Path(image).stem}.png"
+        rows = predict_detections(detector, image, out_png)
+        print(f"{image}")
+        print(format_detection_table(rows))
+        print(f"Boxes drawn in {out_png}")
+        return
+    classifier = load_classifier(args.run, args.model)
     rows = predict_file(classifier, image, args.top_k)
     print(f"{image}")
     print(format_table(rows))
+
+
+def cmd_export(args) -> None:
+    if _run_task(args.run, None) == "detect":
+        from export.detector_export import DETECTOR_MODES, export_detector
+
+        modes = DETECTOR_MODES if args.quant == "all" else tuple(m.strip() for m in args.quant.split(","))
+        unknown = [m for m in modes if m not in DETECTOR_MODES]
+        if unknown or args.prune:
+            raise UserError(f"QUANT={args.quant}{' PRUNE' if args.prune else ''}: a detector exports as "
+                            f"{' or '.join(DETECTOR_MODES)} (or all)")
+        export_detector(args.run, modes, data_dir=args.data_dir)
+        return
+    run_export(args)
 
 
 def cmd_tune(args) -> None:
@@ -187,7 +265,7 @@ def cmd_bench(args) -> None:
     run_benchmarks(parse_names(args.only), args.out, data_dir=args.data_dir)
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "tune": cmd_tune, "export": run_export, "bench": cmd_bench}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "tune": cmd_tune, "export": cmd_export, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

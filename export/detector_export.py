@@ -40,6 +40,9 @@ POSTPROCESS_OP = "TFLite_Detection_PostProcess"
 OUTPUT_NAMES = ("boxes", "classes", "scores", "count")
 # Metadata tensor names MediaPipe's ObjectDetector looks the outputs up by.
 METADATA_OUTPUT_NAMES = ("location", "category", "score", "number of detections")
+# Largest mAP@.5 drop (Keras -> .tflite, on the verification images) an export may show. float32
+# computes the same function (only the op's NMS differs); int8 is allowed a real quantization loss.
+VERIFY_TOLERANCE = {"float32": 0.05, "int8": 0.25}
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,7 @@ def implements_signature(num_classes: int, post: PostProcess) -> str:
 def _postprocess_stub(num_classes: int, post: PostProcess):
     import tensorflow as tf
 
-    @tf.function(experimental_implements=implements_signature(num_classes, post))
+    @tf.function(experimental_implements=implements_signature(num_classes, post), autograph=False)
     def postprocess(box_encodings, class_predictions, anchors):  # noqa: ARG001 -- replaced by the TFLite op
         k = post.max_detections
         return (tf.zeros([1, k, 4], tf.float32, name="boxes"), tf.zeros([1, k], tf.float32, name="classes"),
@@ -263,20 +266,21 @@ def detector_metadata(image, *, name: str, description: str, version: str, label
     box.index = [1, 0, 3, 2]
     box.type = meta.BoundingBoxType.BOUNDARIES
     box.coordinateType = meta.CoordinateType.RATIO
-    location = tensor("location", "Boxes [ymin, xmin, ymax, xmax], normalized.",
+    loc_name, cat_name, score_name, number_name = METADATA_OUTPUT_NAMES
+    location = tensor(loc_name, "Boxes [ymin, xmin, ymax, xmax], normalized.",
                       meta.ContentProperties.BoundingBoxProperties, box)
-    category = tensor("category", "Class index of each box (labels.txt line).",
+    category = tensor(cat_name, "Class index of each box (labels.txt line).",
                       meta.ContentProperties.FeatureProperties, meta.FeaturePropertiesT())
     labels = meta.AssociatedFileT()
     labels.name, labels.description = labels_file, "Class names, one per line, in class index order."
     labels.type = meta.AssociatedFileType.TENSOR_VALUE_LABELS
     category.associatedFiles = [labels]
-    score = tensor("score", "Score of each box.", meta.ContentProperties.FeatureProperties,
+    score = tensor(score_name, "Score of each box.", meta.ContentProperties.FeatureProperties,
                    meta.FeaturePropertiesT())
-    number = tensor("number of detections", "Number of valid boxes.", meta.ContentProperties.FeatureProperties,
+    number = tensor(number_name, "Number of valid boxes.", meta.ContentProperties.FeatureProperties,
                     meta.FeaturePropertiesT(), content_range=False)
     group = meta.TensorGroupT()
-    group.name, group.tensorNames = "detection_result", ["location", "category", "score"]
+    group.name, group.tensorNames = "detection_result", [loc_name, cat_name, score_name]
 
     subgraph = meta.SubGraphMetadataT()
     subgraph.inputTensorMetadata = [_image_tensor_metadata(image)]
@@ -313,9 +317,12 @@ def _input_size(model_bytes: bytes) -> int:
 
 
 def export_detector(run_dir: Path, modes: Iterable[str] = DETECTOR_MODES, *, data: str | None = None,
-                    data_dir: Path | None = None, calibration_images: int = 100,
+                    data_dir: Path | None = None, source=None, calibration_images: int = 100,
                     out_dir: Path | None = None, verify_images: int = 20) -> dict:
     """Export RUN's detector as RUN/export/detector-<mode>.tflite (with metadata and labels).
+
+    Calibration images come from the validation split (train when there is none) of ``source``,
+    or of the source opened from ``data`` (default: the DATA= the run was trained on).
 
     Each file is verified before it is reported: loaded in the LiteRT interpreter, run on
     ``verify_images`` test images and scored against the Keras model (mAP@.5 of both on
@@ -337,7 +344,8 @@ def export_detector(run_dir: Path, modes: Iterable[str] = DETECTOR_MODES, *, dat
         if mode not in DETECTOR_MODES:
             raise ConfigError(f"QUANT={mode}: detector export supports {', '.join(DETECTOR_MODES)} (or all)")
     model = load_detector_model(model_path)
-    source = open_source(data or cfg.data, "detect", data_dir=data_dir, seed=cfg.seed)
+    if source is None:
+        source = open_source(data or cfg.data, "detect", data_dir=data_dir, seed=cfg.seed)
     if list(source.label_names) != labels:
         raise UserError(f"DATA={data or cfg.data}: its classes {list(source.label_names)} differ from the run's {labels}")
     size = cfg.image_size
@@ -362,6 +370,11 @@ def export_detector(run_dir: Path, modes: Iterable[str] = DETECTOR_MODES, *, dat
                          "verify": {"images": len(verify_batches), "keras_map50": keras_metrics["map50"],
                                     "tflite_map50": tfl_metrics["map50"], "keras_map": keras_metrics["map"],
                                     "tflite_map": tfl_metrics["map"]}}
+        gap = keras_metrics["map50"] - tfl_metrics["map50"]
+        if gap > VERIFY_TOLERANCE[mode]:
+            path.unlink()
+            raise UserError(f"{mode} export failed verification: mAP@.5 on {len(verify_batches)} {verify_split} "
+                            f"images {tfl_metrics['map50']:.3f} vs Keras {keras_metrics['map50']:.3f}")
         print(f"{path}: {len(tflite) / 1e6:.2f} MB; mAP@.5 on {len(verify_batches)} {verify_split} images: "
               f"tflite {tfl_metrics['map50']:.3f} vs keras {keras_metrics['map50']:.3f}")
     write_json(out_dir / "detector-export.json", results)

@@ -1,0 +1,58 @@
+"""A tiny detector trained into a run folder: it learns its 8 images, and the folder is complete."""
+import json
+
+import numpy as np
+import pytest
+
+from common.errors import ConfigError, UserError
+from pipeline.train_detector import DetectTrainConfig, train_detector
+
+
+def test_overfit_detector_finds_the_boxes_of_its_training_images(trained_detector):
+    _, metrics, _ = trained_detector
+    test = metrics["test"]
+    assert test["images"] == 8 and test["objects"] >= 8
+    assert test["map50"] > 0.6, test
+    assert test["map"] > 0.25, test
+    loss = metrics["history"]["loss"]
+    assert np.mean(loss[-3:]) < 0.3 * loss[0]
+
+
+def test_run_folder_has_every_artifact(trained_detector, overfit_source):
+    run, metrics, cfg = trained_detector
+    for name in ("model.keras", "labels.txt", "config.json", "metrics.json", "report.md",
+                 "plots/training_curves.png", "plots/example_00.png"):
+        assert (run / name).stat().st_size > 0, name
+    assert (run / "labels.txt").read_text().split() == list(overfit_source.label_names)
+    assert DetectTrainConfig.from_dict(json.loads((run / "config.json").read_text())) == cfg
+    assert list((run / "samples").glob("*.png"))
+    assert not (run / ".resume").exists() and not list(run.rglob(".*.tmp*"))
+    report = (run / "report.md").read_text()
+    assert f"{metrics['test']['map50']:.3f}" in report and "example_00.png" in report
+    saved = json.loads((run / "metrics.json").read_text())
+    assert set(saved["test"]["per_class"]) == set(overfit_source.label_names)
+
+
+def test_rerun_is_a_no_op_and_other_settings_are_refused(trained_detector, overfit_source, capsys):
+    run, metrics, cfg = trained_detector
+    before = (run / "model.keras").stat().st_mtime_ns
+    assert train_detector(cfg, overfit_source, run, verbose=0)["test"] == metrics["test"]
+    assert (run / "model.keras").stat().st_mtime_ns == before and "already trained" in capsys.readouterr().out
+    with pytest.raises(UserError, match="different settings.*epochs"):
+        train_detector(DetectTrainConfig(**{**cfg.__dict__, "epochs": 3}), overfit_source, run, verbose=0)
+
+
+def test_config_round_trips_and_rejects_bad_values():
+    cfg = DetectTrainConfig()
+    assert DetectTrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert cfg.image_size == cfg.ssd.anchors.input_size
+    with pytest.raises(ConfigError, match="EPOCHS=0"):
+        DetectTrainConfig(epochs=0)
+    with pytest.raises(ConfigError, match="optimizer"):
+        DetectTrainConfig(optimizer="rmsprop")
+
+
+def test_a_classification_source_is_refused(tmp_path, tiny_shapes):
+    with pytest.raises(ConfigError, match="detection source"):
+        train_detector(DetectTrainConfig(), tiny_shapes, tmp_path / "r")
+    assert not (tmp_path / "r").exists()
