@@ -53,7 +53,8 @@ $(STAMP): requirements.txt requirements-nodeps.txt
 
 demo: $(STAMP)
 	$(PY) cli.py train $(TRAIN_ARGS)
-	$(PY) cli.py tune --run '$(RUN)-tuned' --data '$(DATA)' --seed $(SEED) --trials 3 $(call opt,--data-dir,$(DATA_DIR))
+	$(PY) cli.py tune --run '$(RUN)-tuned' --data '$(DATA)' --seed $(SEED) \
+		--trials 3 --epochs 2 --trial-train-examples 2000 --final-epochs 4 $(call opt,--data-dir,$(DATA_DIR))
 	$(PY) cli.py export --run '$(RUN)' --quant int8 $(call opt,--data-dir,$(DATA_DIR))
 	$(PY) cli.py predict --run '$(RUN)' --model '$(RUN)/export/model_int8.tflite'
 

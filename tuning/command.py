@@ -27,7 +27,8 @@ def add_tune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=_DEFAULTS.seed)
     p.add_argument("--epochs", type=int, default=_DEFAULTS.epochs, help="epochs per trial (Hyperband: the most)")
     p.add_argument("--final-epochs", type=int, default=_DEFAULTS.final_epochs,
-                   help="epochs for retraining the best configuration on all the data")
+                   help="epochs for retraining the best configuration on all the data "
+                        "(default: as `make train` on this data)")
     p.add_argument("--trial-train-examples", type=int, default=_DEFAULTS.trial_train_examples,
                    help="train images per trial (0: all); the retrain uses all")
     p.add_argument("--image-size", type=int, default=_DEFAULTS.image_size)

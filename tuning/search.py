@@ -51,18 +51,20 @@ class TuneConfig:
     trial_train_examples: the train split is cut to this many images for trials (0: all of it);
         the final retrain always uses all of it.
     epochs: per trial (Hyperband: the most any trial trains).
-    final_epochs: for the retrain of the best configuration.
+    final_epochs: for the retrain of the best configuration; None: what `make train` uses
+                  for this data (pipeline.train.TrainConfig.epochs_for), so the tuned model is
+                  trained as long as a default one and the two compare fairly.
     """
 
     data: str = "shapes"
     tuner: str = "bayesian"
     trials: int = 6
-    epochs: int = 2
+    epochs: int = 3
     seed: int = 0
     image_size: int = 64
     batch_size: int = 64
-    trial_train_examples: int = 1500
-    final_epochs: int = 4
+    trial_train_examples: int = 3000
+    final_epochs: int | None = None
     latency_runs: int = 100
     space: SearchSpace = field(default_factory=SearchSpace)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -71,7 +73,7 @@ class TuneConfig:
         if self.tuner not in TUNERS:
             raise ConfigError(f"TUNER={self.tuner}: expected one of {', '.join(TUNERS)}")
         for name in ("trials", "epochs", "final_epochs", "batch_size", "latency_runs"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be at least 1")
         if self.trial_train_examples < 0:
             raise ConfigError(f"trial_train_examples={self.trial_train_examples}: must be >= 0")
@@ -106,7 +108,7 @@ class TuneConfig:
         hp.values.update(hyperparameters)
         cnn, learning_rate = sample_cnn_config(hp, self.space)
         return TrainConfig(data=self.data, image_size=self.image_size, batch_size=self.batch_size,
-                           epochs=self.final_epochs, learning_rate=learning_rate, seed=self.seed, cnn=cnn)
+                           epochs=self.final_epochs or TrainConfig.epochs_for(self.data), learning_rate=learning_rate, seed=self.seed, cnn=cnn)
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ class SearchSpace:
     """
 
     conv_blocks: tuple[int, int] = (1, 3)
-    filters: tuple[int, ...] = (8, 16, 32)
+    filters: tuple[int, ...] = (8, 16, 32, 64)
     kernel_size: tuple[int, ...] = (3, 5)
     pool_size: tuple[int, ...] = (2, 3)
     pool_stride: tuple[int, ...] = (2, 3)

@@ -9,7 +9,7 @@ from tuning.space import SearchSpace, load_space, sample_cnn_config
 
 ADVERTISED = {
     "conv_blocks": (1, 2, 3),
-    "filters_1": (8, 16, 32), "filters_2": (8, 16, 32), "filters_3": (8, 16, 32),
+    "filters_1": (8, 16, 32, 64), "filters_2": (8, 16, 32, 64), "filters_3": (8, 16, 32, 64),
     "kernel_size": (3, 5),
     "pool_size": (2, 3),
     "pool_stride": (2, 3),
