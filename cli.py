@@ -218,6 +218,12 @@ def cmd_eval(args) -> None:
 def cmd_predict(args) -> None:
     from pipeline.predict import default_image, format_table, load_classifier, predict_file
 
+    from common.run_folder import RunFolder
+
+    if args.model is None:
+        if args.run is None:
+            raise UserError("predict needs RUN= (a trained run folder) or MODEL= (a .keras or .tflite file)")
+        RunFolder(args.run).require_model()
     image = args.image
     if image is None:
         if args.run is None:
