@@ -32,7 +32,12 @@ class AugmentConfig:
 
 
 def augment_batch(images: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig) -> tf.Tensor:
-    """float32 [B, S, S, 3] in 0..255, seed int64 [2] -> augmented float32 [B, S, S, 3] in 0..255."""
+    """float32 [B, S, S, 3] in 0..255, seed int64 [2] -> augmented float32 [B, S, S, 3] in 0..255.
+
+    Two passes over the pixels, whatever is enabled: one resampling (the crop box carries the
+    zoom, the translation and - with its x coordinates swapped - the flip) and one multiply-add
+    (brightness and contrast folded into a per-image scale and offset).
+    """
     batch = tf.shape(images)[0]
     size = tf.shape(images)[1:3]
     seeds = tf.random.experimental.stateless_split(seed, num=5)
@@ -40,19 +45,24 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig) -> tf.
     def uniform(i, lo, hi, shape=None):
         return tf.random.stateless_uniform(shape if shape is not None else [batch], seeds[i], lo, hi)
 
-    if cfg.flip:
-        flip = uniform(0, 0.0, 1.0) < 0.5
-        images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
-    if cfg.zoom:
-        side = 1.0 / uniform(1, 1.0, 1.0 + cfg.zoom)  # crop side, normalized
-        free = 1.0 - side
-        offsets = uniform(2, 0.0, 1.0, shape=[batch, 2]) * free[:, None]
-        boxes = tf.concat([offsets, offsets + side[:, None]], axis=1)  # [ymin, xmin, ymax, xmax]
+    if cfg.zoom or cfg.flip:
+        if cfg.zoom:
+            side = 1.0 / uniform(1, 1.0, 1.0 + cfg.zoom)  # crop side, normalized
+            start = uniform(2, 0.0, 1.0, shape=[batch, 2]) * (1.0 - side)[:, None]
+            end = start + side[:, None]
+        else:
+            start, end = tf.zeros([batch, 2]), tf.ones([batch, 2])
+        ymin, xmin, ymax, xmax = start[:, 0], start[:, 1], end[:, 0], end[:, 1]
+        if cfg.flip:  # a box whose x1 > x2 samples the crop mirrored
+            flip = uniform(0, 0.0, 1.0) < 0.5
+            xmin, xmax = tf.where(flip, xmax, xmin), tf.where(flip, xmin, xmax)
+        boxes = tf.stack([ymin, xmin, ymax, xmax], axis=1)
         images = tf.image.crop_and_resize(images, boxes, tf.range(batch), size)
-    if cfg.brightness:
-        images = images + (uniform(3, -cfg.brightness, cfg.brightness) * 255.0)[:, None, None, None]
-    if cfg.contrast:
-        mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
-        factor = uniform(4, 1.0 - cfg.contrast, 1.0 + cfg.contrast)[:, None, None, None]
-        images = (images - mean) * factor + mean
+    if cfg.brightness or cfg.contrast:
+        # (x - mean) * c + mean + b  ==  x * c + (mean * (1 - c) + b)
+        scale = uniform(4, 1.0 - cfg.contrast, 1.0 + cfg.contrast) if cfg.contrast else tf.ones([batch])
+        offset = uniform(3, -cfg.brightness, cfg.brightness) * 255.0 if cfg.brightness else tf.zeros([batch])
+        if cfg.contrast:
+            offset += tf.reduce_mean(images, axis=[1, 2, 3]) * (1.0 - scale)
+        images = images * scale[:, None, None, None] + offset[:, None, None, None]
     return tf.clip_by_value(images, 0.0, 255.0)
