@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,25 +24,12 @@ import time
 from pathlib import Path
 
 from common.errors import ConfigError
+from common.processes import die_with_parent, free_ports, tail
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
 STOP_GRACE_SECONDS = 5  # a worker blocked in a collective op cannot run its SIGTERM handler; then SIGKILL
 _OWN_FLAGS = ("--workers", "--strategy")  # set by the launcher, not passed on to the workers
-
-
-def free_ports(n: int, host: str = HOST) -> list[int]:
-    """``n`` distinct ports nothing listens on right now (held open together so they differ)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((host, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def tf_config(hosts: list[str], index: int) -> str:
@@ -65,23 +51,6 @@ def worker_argv(train_argv: list[str]) -> list[str]:
             continue
         out.append(arg)
     return out + ["--strategy", "multiworker"]
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: ask Linux to SIGKILL it when its parent dies."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass  # not Linux: workers may outlive a killed launcher
-
-
-def _tail(path: Path, lines: int = 25) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return "(no output)"
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:
@@ -124,14 +93,14 @@ def run_workers(command: list[str], n: int, *, env: dict | None = None, poll_sec
                 files.append(out)
             procs.append(subprocess.Popen(command, env=worker_env, cwd=ROOT, stdout=out,
                                           stderr=subprocess.STDOUT if out else None,
-                                          preexec_fn=_die_with_parent))
+                                          preexec_fn=die_with_parent))
         while True:
             codes = [p.poll() for p in procs]
             failed = next((i for i, c in enumerate(codes) if c not in (None, 0)), None)
             if failed is not None:
                 _stop(procs)
                 where = "above" if failed == 0 else f"{logs / f'worker{failed}.log'}, which ends with:\n" \
-                                                    f"{_tail(logs / f'worker{failed}.log')}"
+                                                    f"{tail(logs / f'worker{failed}.log')}"
                 print(f"Worker {failed} of {n} exited with status {codes[failed]}; the other workers were stopped. "
                       f"Its output is {where}", file=sys.stderr)
                 return codes[failed] if codes[failed] > 0 else 128 - codes[failed]

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from common.processes import die_with_parent, free_ports, tail
 
 ENV_ID, ENV_IP, ENV_PORT = "KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"
 
@@ -32,22 +32,6 @@ def current_role() -> str | None:
     if ENV_IP not in os.environ:
         return None
     return "chief" if "chief" in os.environ.get(ENV_ID, "") else "worker"
-
-
-def free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: ask Linux to SIGKILL it when its parent dies."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass  # not Linux: children may outlive a killed parent
 
 
 def _child_env(tuner_id: str, ip: str, port: int, threads: int | None) -> dict:
@@ -60,13 +44,6 @@ def _child_env(tuner_id: str, ip: str, port: int, threads: int | None) -> dict:
     return env
 
 
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return "(no log)"
-
-
 def run_local_cluster(folder, workers: int, *, data_dir: Path | None = None, oracle_ip: str = "127.0.0.1",
                       verbose: int = 1, poll_seconds: float = 0.5) -> None:
     """Start a chief and ``workers`` workers on this host; return when every trial has ended.
@@ -74,7 +51,7 @@ def run_local_cluster(folder, workers: int, *, data_dir: Path | None = None, ora
     Their output goes to RUN/tuning/cluster/<id>.log. Raises RuntimeError naming the log of a
     process that failed.
     """
-    port = free_port(oracle_ip)
+    port = free_ports(1, oracle_ip)[0]
     connect_ip = "127.0.0.1" if oracle_ip in ("0.0.0.0", "") else oracle_ip
     logs = folder.root / "cluster"
     logs.mkdir(parents=True, exist_ok=True)
@@ -91,7 +68,7 @@ def run_local_cluster(folder, workers: int, *, data_dir: Path | None = None, ora
         f = open(logs / f"{tuner_id}.log", "ab")
         files.append(f)
         procs[tuner_id] = subprocess.Popen(cmd, env=_child_env(tuner_id, ip, port, worker_threads), stdout=f,
-                                           stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+                                           stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
                                            cwd=os.getcwd())
 
     print(f"Starting a chief on {oracle_ip}:{port} and {workers} worker(s); logs in {logs}")
@@ -105,7 +82,7 @@ def run_local_cluster(folder, workers: int, *, data_dir: Path | None = None, ora
                 rc = p.poll()
                 if rc not in (None, 0):
                     raise RuntimeError(f"tuning {tuner_id} exited with status {rc}; its log "
-                                       f"({logs / (tuner_id + '.log')}) ends with:\n{_tail(logs / (tuner_id + '.log'))}")
+                                       f"({logs / (tuner_id + '.log')}) ends with:\n{tail(logs / (tuner_id + '.log'))}")
             if all(procs[w].poll() == 0 for w in worker_ids):
                 break  # each worker was told "stopped" after its last trial ended: the store is complete
             time.sleep(poll_seconds)
