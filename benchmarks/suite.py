@@ -44,13 +44,13 @@ def _export(out: Path, data_dir):
 def _tuning(out: Path, data_dir):
     from benchmarks.tuning_memory import run_tuning_memory_benchmark
 
-    return run_tuning_memory_benchmark(out)
+    return run_tuning_memory_benchmark(out, data_dir=data_dir)
 
 
 def _detection(out: Path, data_dir):
     from benchmarks.detection_bench import run_detection_benchmark
 
-    return run_detection_benchmark(out)
+    return run_detection_benchmark(out, data_dir=data_dir)
 
 
 def _distribute(out: Path, data_dir):
