@@ -94,12 +94,9 @@ def _configure_int8(converter, calibration, io_dtype) -> None:
 
 
 def _configure_int8_qat(converter, calibration, io_dtype) -> None:
-    """Integer-only from a QAT model: ranges come from its fake-quant layers."""
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([image] for image in calibration)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = _io_type(io_dtype)
-    converter.inference_output_type = _io_type(io_dtype)
+    """Integer-only from a QAT model: the same converter fields as int8 (TF 2.21 wants the
+    calibration set even here), but the ranges come from the model's fake-quant layers."""
+    _configure_int8(converter, calibration, io_dtype)
 
 
 _CONFIGURE: dict[str, Callable] = {

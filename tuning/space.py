@@ -205,6 +205,23 @@ def _choice(hp, name: str, values: tuple):
     return hp.Fixed(name, values[0]) if len(values) == 1 else hp.Choice(name, list(values))
 
 
+def _per_item_choices(hp, count: str, count_range: tuple[int, int], name, choices) -> list:
+    """Sample a count in ``count_range``, then one value per item (block or layer).
+
+    Item i's value is conditional on ``count >= i``, so an unused item never makes two
+    trials differ. Returns the values of the items in use.
+    """
+    n = _int_range(hp, count, count_range)
+    lo, hi = count_range
+    values = []
+    for i in range(1, hi + 1):
+        with hp.conditional_scope(count, list(range(max(i, lo), hi + 1))):
+            value = _choice(hp, name(i), choices)
+        if i <= n:
+            values.append(value)
+    return values
+
+
 def sample_cnn_config(hp, space: SearchSpace) -> tuple[CNNConfig, float]:
     """Ask ``hp`` (a keras_tuner HyperParameters) for one point of ``space``.
 
@@ -214,23 +231,11 @@ def sample_cnn_config(hp, space: SearchSpace) -> tuple[CNNConfig, float]:
     Returns:
         (the CNN's config, the learning rate).
     """
-    blocks = _int_range(hp, "conv_blocks", space.conv_blocks)
-    filters = []
-    for i in range(1, space.conv_blocks[1] + 1):
-        with hp.conditional_scope("conv_blocks", list(range(max(i, space.conv_blocks[0]), space.conv_blocks[1] + 1))):
-            value = _choice(hp, filters_name(i), space.filters)
-        if i <= blocks:
-            filters.append(value)
+    filters = _per_item_choices(hp, "conv_blocks", space.conv_blocks, filters_name, space.filters)
     kernel_size = _choice(hp, "kernel_size", space.kernel_size)
     pool_size = _choice(hp, "pool_size", space.pool_size)
     pool_stride = _choice(hp, "pool_stride", space.pool_stride)
-    layers = _int_range(hp, "dense_layers", space.dense_layers)
-    units = []
-    for j in range(1, space.dense_layers[1] + 1):
-        with hp.conditional_scope("dense_layers", list(range(max(j, space.dense_layers[0]), space.dense_layers[1] + 1))):
-            value = _choice(hp, units_name(j), space.hidden_units)
-        if j <= layers:
-            units.append(value)
+    units = _per_item_choices(hp, "dense_layers", space.dense_layers, units_name, space.hidden_units)
     dropout = _choice(hp, "dropout", space.dropout)
     learning_rate = _choice(hp, "learning_rate", space.learning_rate)
     cfg = CNNConfig(filters=tuple(filters), kernel_size=kernel_size, pool_size=pool_size,
