@@ -2,8 +2,8 @@
 #
 #   make demo                      the whole chain on the built-in shapes: train, a short tune, export int8, predict
 #   make train [TASK= DATA= RUN= EPOCHS= SEED= ...]
-#   make tune [TUNER=bayesian|random|hyperband|grid TRIALS=6 MAX_SIZE_KB= MAX_LATENCY_MS= OBJECTIVE=accuracy|score
-#              LATENCY_WEIGHT=0.07 SPACE=space.yaml SPACE_SET='filters=8,16' WORKERS=N FINAL_EPOCHS= TRIAL_IMAGES=]
+#   make tune [TASK=classify|detect TUNER=bayesian|random|hyperband|grid TRIALS=6 MAX_SIZE_KB= MAX_LATENCY_MS=
+#              OBJECTIVE=accuracy|score LATENCY_WEIGHT=0.07 SPACE=space.yaml SPACE_SET='filters=8,16' WORKERS=N FINAL_EPOCHS= TRIAL_IMAGES=]
 #   make export [QUANT=int8|float32|float16|dynamic|int8-qat|all PRUNE=0.5 CALIB=200 MIN_AGREEMENT=0.98 INT8_IO=uint8]
 #   make eval | predict IMAGE=... [MODEL=RUN/export/model_int8.tflite] | bench | test
 #
@@ -68,7 +68,7 @@ predict: $(STAMP)
 	$(PY) cli.py predict --run '$(RUN)' $(call opt,--image,$(IMAGE)) $(call opt,--model,$(MODEL))
 
 tune: $(STAMP)
-	$(PY) cli.py tune --run '$(TUNE_RUN)' --data '$(DATA)' --seed $(SEED) \
+	$(PY) cli.py tune --run '$(TUNE_RUN)' --task $(TASK) --data '$(DATA)' --seed $(SEED) \
 		$(call opt,--tuner,$(TUNER)) $(call opt,--trials,$(TRIALS)) $(call opt,--epochs,$(EPOCHS)) \
 		$(call opt,--final-epochs,$(FINAL_EPOCHS)) $(call opt,--trial-train-examples,$(TRIAL_IMAGES)) \
 		$(call opt,--max-size-kb,$(MAX_SIZE_KB)) $(call opt,--max-latency-ms,$(MAX_LATENCY_MS)) \

@@ -3,7 +3,7 @@
     python cli.py train   --data shapes --run runs/classify-shapes --epochs 12 --seed 0
     python cli.py eval    --run RUN [--data SPEC] [--model FILE.tflite]
     python cli.py predict --run RUN [--image PATH] [--model FILE.tflite]
-    python cli.py tune    --run RUN --data shapes --tuner bayesian --trials 6 [--max-latency-ms 2]
+    python cli.py tune    --run RUN --task classify|detect --data shapes --tuner bayesian --trials 6 [--max-latency-ms 2]
     python cli.py export  --run RUN --quant int8|float32|float16|dynamic|int8-qat|all [--prune 0.5]
     python cli.py bench   [--only pipeline,export,tuning,detection,distribute] [--out runs/bench]
 
@@ -74,7 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, default=None, help="a .tflite (runs as on a phone) or .keras file")
     p.add_argument("--top-k", type=int, default=5)
 
-    p = sub.add_parser("tune", help="search CNN hyperparameters (Keras Tuner), retrain the best into RUN")
+    p = sub.add_parser("tune", help="search the CNN's or the SSD's hyperparameters (Keras Tuner), "
+                                     "retrain the best into RUN")
     add_tune_args(p)
 
     p = sub.add_parser("export", help="convert a run's model to verified .tflite files in RUN/export/")

@@ -11,7 +11,7 @@ from pathlib import Path
 from common.errors import UserError
 from common.run_folder import write_text
 
-ORDER = ("pipeline", "export", "tuning", "detection", "distribute")
+ORDER = ("pipeline", "export", "tuning", "detection", "detector-int8", "distribute")
 
 
 def _ensure_trained_run(run_dir: Path, data_dir: Path | None) -> Path:
@@ -53,6 +53,12 @@ def _detection(out: Path, data_dir):
     return run_detection_benchmark(out, data_dir=data_dir)
 
 
+def _detector_int8(out: Path, data_dir):
+    from benchmarks.detector_int8_profile import run_detector_int8_profile
+
+    return run_detector_int8_profile(out)  # an untrained model: op times do not depend on the weights
+
+
 def _distribute(out: Path, data_dir):
     from benchmarks.distribute_bench import run_distribute_benchmark
 
@@ -60,7 +66,7 @@ def _distribute(out: Path, data_dir):
 
 
 RUNNERS = {"pipeline": _pipeline, "export": _export, "tuning": _tuning, "detection": _detection,
-           "distribute": _distribute}
+           "detector-int8": _detector_int8, "distribute": _distribute}
 
 
 def parse_names(text: str | None) -> list[str]:

@@ -303,7 +303,7 @@ def export_report(card: dict) -> str:
                      f"{m['input']['dtype']} | {lat['median_ms']:.3f} | {lat['p90_ms']:.3f} | "
                      f"{m['accuracy']:.2%} | {m['agreement']:.1%} | {'yes' if m['mediapipe_compatible'] else 'no'} |")
     lines += ["", "Latency: ai_edge_litert Interpreter (XNNPACK), 1 thread, "
-              f"single image; agreement = top-1 equal to the Keras model it was converted from.", ""]
+              "single image; agreement = top-1 equal to the Keras model it was converted from.", ""]
     return "\n".join(lines)
 
 

@@ -1,10 +1,9 @@
 """`python cli.py tune ...`: the arguments, and the glue from them to ``tuning.search.tune``.
 
-    python cli.py tune --run RUN --data SPEC --tuner bayesian|random|hyperband|grid --trials N --seed S
+    python cli.py tune --run RUN --task classify|detect --data SPEC --tuner bayesian|random|hyperband|grid
+                       --trials N --seed S
                        [--epochs E] [--max-size-kb K] [--max-latency-ms L] [--objective accuracy|score]
                        [--latency-weight W] [--space FILE] [--space-set KEY=V1,V2 ...] [--workers N]
-
-``python -m tuning.command ...`` takes the same arguments (used by the tests).
 """
 from __future__ import annotations
 
@@ -13,14 +12,16 @@ from pathlib import Path
 
 from common.errors import ConfigError
 from tuning.objective import DEFAULT_LATENCY_WEIGHT, OBJECTIVES
-from tuning.search import TUNERS, TuneConfig
+from tuning.search import TASKS, TUNERS, TuneConfig
 
 _DEFAULTS = TuneConfig()
 
 
 def add_tune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", type=Path, required=True, help="run folder; the search lives in RUN/tuning")
-    p.add_argument("--data", default="shapes", help="shapes | tfds:NAME | folder:PATH")
+    p.add_argument("--task", choices=TASKS, default=_DEFAULTS.task,
+                   help="classify: search the CNN, rank by accuracy; detect: search the SSD, rank by mAP")
+    p.add_argument("--data", default="shapes", help="shapes | tfds:NAME | folder:PATH | voc:PATH | coco:FILE.json")
     p.add_argument("--data-dir", type=Path, default=None, help="where tfds data is prepared (default ./data/tfds)")
     p.add_argument("--tuner", choices=TUNERS, default=_DEFAULTS.tuner)
     p.add_argument("--trials", type=int, default=_DEFAULTS.trials, help="trial budget (rerun with more to extend)")
@@ -29,10 +30,11 @@ def add_tune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--final-epochs", type=int, default=_DEFAULTS.final_epochs,
                    help="epochs for retraining the best configuration on all the data "
                         "(default: as `make train` on this data)")
-    p.add_argument("--trial-train-examples", type=int, default=_DEFAULTS.trial_train_examples,
-                   help="train images per trial (0: all); the retrain uses all")
-    p.add_argument("--image-size", type=int, default=_DEFAULTS.image_size)
-    p.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size)
+    p.add_argument("--trial-train-examples", type=int, default=None,
+                   help="train images per trial (0: all; default 3000 classify, 1000 detect); the retrain uses all")
+    p.add_argument("--image-size", type=int, default=_DEFAULTS.image_size,
+                   help="classifier input side (the detector's input size is searched)")
+    p.add_argument("--batch-size", type=int, default=None, help="default 64 classify, 32 detect")
     p.add_argument("--max-size-kb", type=float, default=None, help="int8 .tflite size limit")
     p.add_argument("--max-latency-ms", type=float, default=None, help="median int8 latency limit (1 thread)")
     p.add_argument("--objective", choices=OBJECTIVES, default="accuracy")
@@ -59,10 +61,10 @@ def config_from_args(args) -> TuneConfig:
         raise ConfigError(str(e)) from None
     if args.workers < 0:
         raise ConfigError(f"WORKERS={args.workers}: must be >= 0")
-    return TuneConfig(data=args.data, tuner=args.tuner, trials=args.trials, epochs=args.epochs, seed=args.seed,
-                      image_size=args.image_size, batch_size=args.batch_size,
+    return TuneConfig(data=args.data, task=args.task, tuner=args.tuner, trials=args.trials, epochs=args.epochs,
+                      seed=args.seed, image_size=args.image_size, batch_size=args.batch_size,
                       trial_train_examples=args.trial_train_examples, final_epochs=args.final_epochs,
-                      latency_runs=args.latency_runs, space=load_space(args.space, args.space_set),
+                      latency_runs=args.latency_runs, space=load_space(args.space, args.space_set, task=args.task),
                       objective=objective)
 
 
@@ -71,28 +73,3 @@ def run_tune(args) -> dict:
 
     return tune(config_from_args(args), args.run, data_dir=args.data_dir, workers=args.workers, force=args.force,
                 oracle_ip=args.oracle_ip, verbose=0 if args.quiet else 1)
-
-
-def main(argv: list[str] | None = None) -> int:
-    import os
-    import sys
-
-    from common.errors import UserError
-
-    parser = argparse.ArgumentParser(prog="python -m tuning.command", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_tune_args(parser)
-    args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        run_tune(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

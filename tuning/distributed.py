@@ -115,7 +115,7 @@ def _main(argv: list[str] | None = None) -> int:
 
     folder = TuningFolder(args.tuning_dir)
     cfg = TuneConfig.from_dict(read_json(folder.settings))
-    source = open_source(cfg.data, "classify", data_dir=args.data_dir, seed=cfg.seed)
+    source = open_source(cfg.data, cfg.task, data_dir=args.data_dir, seed=cfg.seed)
     run_trials(cfg, source, folder, verbose=0 if args.quiet else 1)
     return 0
 

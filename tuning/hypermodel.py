@@ -1,13 +1,19 @@
-"""The Keras Tuner HyperModel: build a CNN from hp, train it, then measure it as it would ship.
+"""The Keras Tuner HyperModels: build a model from hp, train it, then measure it as it would ship.
+
+    CNNHyperModel  the classifier: build_cnn(sample_cnn_config(hp))
+    SSDHyperModel  the detector: build_detector(sample_ssd_config(hp)), scored by COCO mAP
 
 ``fit`` follows Keras Tuner's contract (the tuner's callbacks arrive in
 ``**kwargs`` and go on to ``model.fit``) and returns a metrics dict, which the
 oracle stores with the trial, in RUN/tuning/project/trial_*/trial.json:
 
-    val_accuracy     best validation accuracy over the trial's epochs (float model)
+    val_accuracy     classifier: best validation accuracy over the trial's epochs (float model)
+    val_map          detector: COCO mAP@[.5:.95] of the validation split after the trial's
+                     epochs (float model); val_map50 beside it
     params           parameter count
     int8_bytes       size of the int8 .tflite
-    latency_ms       median CPU latency of the int8 .tflite, one thread, ai-edge-litert
+    latency_ms       median CPU latency of the int8 .tflite, one thread, ai-edge-litert (for the
+                     detector: the whole shipped graph, TFLite_Detection_PostProcess included)
     latency_p90_ms   its 90th percentile
     wall_seconds     training + conversion + measurement
     rss_mb           this process's resident memory at the end of the trial
@@ -89,3 +95,73 @@ class CNNHyperModel(keras_tuner.HyperModel):
             "rss_mb": psutil.Process().memory_info().rss / 2**20,
             "objective": objective_value(self.objective, val_accuracy, measured.size_bytes, measured.median_ms),
         }
+
+
+class SSDHyperModel(keras_tuner.HyperModel):
+    """build(hp) -> build_detector(the trial's DetectTrainConfig); fit() trains, scores mAP, converts, measures.
+
+    Each trial builds its own datasets: its input size and anchors, and so its encoded
+    targets, are hyperparameters. ``train_source`` is the (cut) train split of the trials,
+    ``val_source`` the full source whose validation split scores them.
+    """
+
+    def __init__(self, tune_cfg, *, train_source, val_source):
+        super().__init__(name="ssd")
+        self.tune_cfg = tune_cfg
+        self.train_source = train_source
+        self.val_source = val_source
+        self.label_names = list(val_source.label_names)
+
+    def trial_config(self, hp):
+        """The DetectTrainConfig of this trial: its SSD and learning rate, the search's epochs."""
+        from pipeline.train_detector import default_ssd
+        from tuning.space import sample_ssd_config
+
+        sample_ssd_config(hp, self.tune_cfg.space, default_ssd())  # Keras Tuner learns the space from these calls
+        return self.tune_cfg.train_config(dict(hp.values), epochs=self.tune_cfg.epochs)
+
+    def build(self, hp):
+        import math
+
+        from pipeline.train_detector import build_detector
+
+        cfg = self.trial_config(hp)
+        steps = max(1, math.ceil(self.train_source.split_sizes["train"] / cfg.batch_size))
+        return build_detector(cfg, len(self.label_names), steps)
+
+    def fit(self, hp, model, *args, **kwargs):
+        import psutil
+
+        from export.detector_export import PostProcess, convert_detector
+        from export.runtime import measure_latency
+        from pipeline.coco_eval import evaluate_detector
+        from pipeline.detection_dataset import detection_dataset, detection_eval_dataset
+        from pipeline.train_detector import keras_detect_fn
+
+        start = time.perf_counter()
+        cfg = self.trial_config(hp)
+        anchors = cfg.ssd.anchors
+        train = detection_dataset(self.train_source, "train", anchors, cfg.pipeline(), training=True, seed=cfg.seed)
+        model.fit(train, *args, **{"shuffle": False, **kwargs})
+        val = detection_eval_dataset(self.val_source, "validation", anchors.input_size, cfg.batch_size)
+        scores, _, _ = evaluate_detector(keras_detect_fn(model, cfg), val, self.label_names)
+        calibration = [b["image"].numpy() for b in val.unbatch().batch(1).take(CALIBRATION_IMAGES)]
+        post = PostProcess(score_threshold=cfg.score_threshold, iou_threshold=cfg.nms_iou,
+                           max_detections=cfg.max_detections)
+        model_bytes = convert_detector(model, anchors, len(self.label_names), "int8", calibration=calibration,
+                                       post=post)
+        latency = measure_latency(model_bytes, runs=self.tune_cfg.latency_runs, threads=1)
+        objective = self.tune_cfg.objective
+        return {
+            "val_map": float(scores["map"]),
+            "val_map50": float(scores["map50"]),
+            "params": float(model.count_params()),
+            "int8_bytes": float(len(model_bytes)),
+            "latency_ms": float(latency["median_ms"]),
+            "latency_p90_ms": float(latency["p90_ms"]),
+            "wall_seconds": time.perf_counter() - start,
+            "rss_mb": psutil.Process().memory_info().rss / 2**20,
+            "objective": objective_value(objective, float(scores["map"]), len(model_bytes),
+                                         float(latency["median_ms"])),
+        }
+

@@ -4,9 +4,13 @@ Pure functions over plain numbers, shared by the trials (which hand the
 objective to Keras Tuner's oracle) and the report (which explains the choice),
 so the two can never disagree.
 
+Quality is what a trial is good at: validation accuracy for a classifier,
+validation COCO mAP@[.5:.95] for a detector (``QUALITIES``). Below, "accuracy"
+means that number.
+
 Objectives:
-    accuracy  validation accuracy.
-    score     accuracy x (latency / T) ** -W, the MnasNet reward (Tan et al., 2019); T is
+    accuracy  the quality alone.
+    score     quality x (latency / T) ** -W, the MnasNet reward (Tan et al., 2019); T is
               MAX_LATENCY_MS when given, else 1 ms. T only scales the numbers: the ranking
               depends on W alone. With W = 0.07 a model twice as fast is worth ~5% more
               accuracy (2 ** 0.07 = 1.05).
@@ -22,6 +26,33 @@ from dataclasses import dataclass, field
 
 OBJECTIVES = ("accuracy", "score")
 DEFAULT_LATENCY_WEIGHT = 0.07
+
+
+@dataclass(frozen=True)
+class Quality:
+    """The number that ranks trials, and how to name and print it.
+
+    metric:   its key in a trial's metrics (trial.json, trials.csv).
+    label:    in sentences and plot axes.
+    short:    a table column.
+    percent:  print as a percentage (accuracy) or with 3 decimals (mAP).
+    test_key: the retrained model's figure, metrics.json["test"][test_key].
+    """
+
+    metric: str
+    label: str
+    short: str
+    percent: bool
+    test_key: str
+    test_label: str
+
+    def format(self, value: float) -> str:
+        return f"{value:.2%}" if self.percent else f"{value:.3f}"
+
+
+ACCURACY = Quality("val_accuracy", "validation accuracy", "val acc", True, "accuracy", "test accuracy")
+MAP = Quality("val_map", "validation mAP@[.5:.95]", "val mAP", False, "map", "test mAP@[.5:.95]")
+QUALITIES = {"classify": ACCURACY, "detect": MAP}
 
 
 @dataclass(frozen=True)
@@ -58,6 +89,7 @@ class ObjectiveConfig:
     kind: str = "accuracy"
     latency_weight: float = DEFAULT_LATENCY_WEIGHT
     constraints: Constraints = field(default_factory=Constraints)
+    quality: Quality = ACCURACY
 
     def __post_init__(self):
         if self.kind not in OBJECTIVES:
@@ -71,43 +103,48 @@ class ObjectiveConfig:
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "latency_weight": self.latency_weight,
-                "max_size_kb": self.constraints.max_size_kb, "max_latency_ms": self.constraints.max_latency_ms}
+                "max_size_kb": self.constraints.max_size_kb, "max_latency_ms": self.constraints.max_latency_ms,
+                "quality": self.quality.metric}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ObjectiveConfig":
+        quality = {q.metric: q for q in QUALITIES.values()}[d.get("quality", ACCURACY.metric)]
         return cls(kind=d["kind"], latency_weight=d["latency_weight"],
-                   constraints=Constraints(d.get("max_size_kb"), d.get("max_latency_ms")))
+                   constraints=Constraints(d.get("max_size_kb"), d.get("max_latency_ms")), quality=quality)
 
     def describe(self) -> str:
         if self.kind == "accuracy":
-            return "validation accuracy"
-        return (f"score = validation accuracy x (latency / {self.reference_latency_ms:g} ms) ^ "
+            return self.quality.label
+        return (f"score = {self.quality.label} x (latency / {self.reference_latency_ms:g} ms) ^ "
                 f"-{self.latency_weight:g}")
 
 
-def score(accuracy: float, latency_ms: float, weight: float, reference_ms: float) -> float:
-    """MnasNet reward: accuracy x (latency / reference) ** -weight."""
-    return accuracy * (max(latency_ms, 1e-6) / reference_ms) ** -weight
+def score(quality: float, latency_ms: float, weight: float, reference_ms: float) -> float:
+    """MnasNet reward: quality x (latency / reference) ** -weight."""
+    return quality * (max(latency_ms, 1e-6) / reference_ms) ** -weight
 
 
-def objective_value(cfg: ObjectiveConfig, accuracy: float, size_bytes: float, latency_ms: float) -> float:
+def objective_value(cfg: ObjectiveConfig, quality: float, size_bytes: float, latency_ms: float) -> float:
     """The number the oracle maximises: >= 0 when feasible, minus the total overshoot when not."""
     broken = cfg.constraints.violations(size_bytes, latency_ms)
     if broken:
         return -sum(broken.values())
     if cfg.kind == "accuracy":
-        return accuracy
-    return score(accuracy, latency_ms, cfg.latency_weight, cfg.reference_latency_ms)
+        return quality
+    return score(quality, latency_ms, cfg.latency_weight, cfg.reference_latency_ms)
 
 
 @dataclass(frozen=True)
 class TrialRecord:
-    """One trial as the report sees it. Measurements are None for a trial that did not finish."""
+    """One trial as the report sees it. Measurements are None for a trial that did not finish.
+
+    quality: the trial's validation accuracy or mAP (ObjectiveConfig.quality says which).
+    """
 
     trial_id: str
     status: str
     hyperparameters: dict
-    val_accuracy: float | None = None
+    quality: float | None = None
     params: int | None = None
     int8_bytes: int | None = None
     latency_ms: float | None = None
@@ -117,7 +154,7 @@ class TrialRecord:
 
     @property
     def measured(self) -> bool:
-        return self.status == "COMPLETED" and None not in (self.val_accuracy, self.int8_bytes, self.latency_ms)
+        return self.status == "COMPLETED" and None not in (self.quality, self.int8_bytes, self.latency_ms)
 
 
 def feasible(record: TrialRecord, constraints: Constraints) -> bool:
@@ -127,7 +164,7 @@ def feasible(record: TrialRecord, constraints: Constraints) -> bool:
 def rank(records: list[TrialRecord], cfg: ObjectiveConfig) -> list[TrialRecord]:
     """Feasible, measured trials, best first; ties go to the faster, then the smaller model."""
     ok = [r for r in records if feasible(r, cfg.constraints)]
-    key = lambda r: (-objective_value(cfg, r.val_accuracy, r.int8_bytes, r.latency_ms), r.latency_ms,  # noqa: E731
+    key = lambda r: (-objective_value(cfg, r.quality, r.int8_bytes, r.latency_ms), r.latency_ms,  # noqa: E731
                      r.int8_bytes, r.trial_id)
     return sorted(ok, key=key)
 
@@ -158,7 +195,7 @@ def explain_best(records: list[TrialRecord], cfg: ObjectiveConfig) -> str:
     """Plain-language reasons the best trial was chosen, for report.md."""
     measured = [r for r in records if r.measured]
     best = choose_best(records, cfg)
-    c = cfg.constraints
+    c, q = cfg.constraints, cfg.quality
     if best is None:
         if not measured:
             return "No trial finished, so there is nothing to choose from."
@@ -166,27 +203,27 @@ def explain_best(records: list[TrialRecord], cfg: ObjectiveConfig) -> str:
                 f"Loosen MAX_SIZE_KB / MAX_LATENCY_MS or narrow the space towards smaller models.")
     ranked = rank(records, cfg)
     value = "" if cfg.kind == "accuracy" else \
-        f"{objective_value(cfg, best.val_accuracy, best.int8_bytes, best.latency_ms):.4f}; "
+        f"{objective_value(cfg, best.quality, best.int8_bytes, best.latency_ms):.4f}; "
     lines = [f"Trial {best.trial_id} has the best {cfg.describe()} "
-             f"({value}validation accuracy {best.val_accuracy:.2%}, {best.int8_bytes / 1024:.1f} KB int8, "
+             f"({value}{q.label} {q.format(best.quality)}, {best.int8_bytes / 1024:.1f} KB int8, "
              f"{best.latency_ms:.3f} ms median) among the {len(ranked)} of {len(measured)} finished trials "
              f"that meet the constraints ({c.describe()})."]
     excluded = [r for r in measured if not feasible(r, c)]
-    better_but_infeasible = [r for r in excluded if r.val_accuracy > best.val_accuracy]
-    for r in sorted(better_but_infeasible, key=lambda r: -r.val_accuracy):
+    better_but_infeasible = [r for r in excluded if r.quality > best.quality]
+    for r in sorted(better_but_infeasible, key=lambda r: -r.quality):
         broken = ", ".join(_describe_violation(name, r, c) for name in c.violations(r.int8_bytes, r.latency_ms))
-        lines.append(f"Trial {r.trial_id} was more accurate ({r.val_accuracy:.2%}) but is not shippable: {broken}.")
+        lines.append(f"Trial {r.trial_id} was better ({q.format(r.quality)}) but is not shippable: {broken}.")
     if excluded and not better_but_infeasible:
-        lines.append(f"{len(excluded)} trial(s) broke a constraint; none of them was more accurate.")
+        lines.append(f"{len(excluded)} trial(s) broke a constraint; none of them was better.")
     if len(ranked) > 1:
         runner = ranked[1]
-        lines.append(f"Runner-up: trial {runner.trial_id} (validation accuracy {runner.val_accuracy:.2%}, "
+        lines.append(f"Runner-up: trial {runner.trial_id} ({q.label} {q.format(runner.quality)}, "
                      f"{runner.int8_bytes / 1024:.1f} KB, {runner.latency_ms:.3f} ms).")
     if cfg.kind == "score":
-        acc_best = max(ranked, key=lambda r: r.val_accuracy)
+        acc_best = max(ranked, key=lambda r: r.quality)
         if acc_best is not best:
-            lines.append(f"Trial {acc_best.trial_id} was the most accurate feasible trial "
-                         f"({acc_best.val_accuracy:.2%}) but slower ({acc_best.latency_ms:.3f} ms); the latency "
+            lines.append(f"Trial {acc_best.trial_id} was the best feasible trial by {q.label} "
+                         f"({q.format(acc_best.quality)}) but slower ({acc_best.latency_ms:.3f} ms); the latency "
                          f"weight {cfg.latency_weight:g} prefers trial {best.trial_id}.")
     return " ".join(lines)
 

@@ -15,13 +15,29 @@ import tempfile
 from pathlib import Path
 
 from common.run_folder import write_json, write_text
-from tuning.objective import (ObjectiveConfig, TrialRecord, choose_best, explain_best, feasible,
+from tuning.objective import (ACCURACY, ObjectiveConfig, Quality, TrialRecord, choose_best, explain_best, feasible,
                               objective_value, pareto_front)
 
-METRIC_COLUMNS = ("trial_id", "status", "feasible", "objective", "val_accuracy", "params", "int8_bytes",
-                  "latency_ms", "latency_p90_ms", "wall_seconds")
-PLOTS = ("objective_over_trials.png", "accuracy_vs_latency.png", "accuracy_vs_size.png",
-         "hyperparameter_effects.png")
+
+def metric_columns(quality: Quality = ACCURACY) -> tuple[str, ...]:
+    """trials.csv's measurement columns; the quality column is val_accuracy or val_map."""
+    return ("trial_id", "status", "feasible", "objective", quality.metric, "params", "int8_bytes",
+            "latency_ms", "latency_p90_ms", "wall_seconds")
+
+
+def plot_names(quality: Quality = ACCURACY) -> tuple[str, ...]:
+    name = quality.metric.removeprefix("val_")
+    return ("objective_over_trials.png", f"{name}_vs_latency.png", f"{name}_vs_size.png",
+            "hyperparameter_effects.png")
+
+
+def _ordered(values) -> list:
+    """Hyperparameter values in a stable order: numbers by size, names (head, anchor ratios) as text."""
+    return sorted(values, key=lambda v: (isinstance(v, str), v if not isinstance(v, str) else 0, str(v)))
+
+
+def _value_label(v) -> str:
+    return v if isinstance(v, str) else f"{v:g}"
 
 
 def hyperparameter_names(records: list[TrialRecord], space) -> list[str]:
@@ -33,7 +49,7 @@ def hyperparameter_names(records: list[TrialRecord], space) -> list[str]:
 
 
 def _objective(cfg: ObjectiveConfig, r: TrialRecord) -> float | None:
-    return objective_value(cfg, r.val_accuracy, r.int8_bytes, r.latency_ms) if r.measured else None
+    return objective_value(cfg, r.quality, r.int8_bytes, r.latency_ms) if r.measured else None
 
 
 def _fmt(value) -> str:
@@ -49,16 +65,16 @@ def trials_csv(records: list[TrialRecord], cfg: ObjectiveConfig, space) -> str:
     hps = hyperparameter_names(records, space)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(list(METRIC_COLUMNS) + hps)
+    writer.writerow(list(metric_columns(cfg.quality)) + hps)
     for r in records:
         row = [r.trial_id, r.status, int(feasible(r, cfg.constraints)) if r.measured else "", _objective(cfg, r),
-               r.val_accuracy, r.params, r.int8_bytes, r.latency_ms, r.latency_p90_ms, r.wall_seconds]
+               r.quality, r.params, r.int8_bytes, r.latency_ms, r.latency_p90_ms, r.wall_seconds]
         writer.writerow([_fmt(v) for v in row] + [_fmt(r.hyperparameters.get(k)) for k in hps])
     return out.getvalue()
 
 
 def best_summary(records: list[TrialRecord], tune_cfg, final: dict | None) -> dict:
-    """best_hyperparameters.json: the trial to ship, its CNN config, its measurements, and why."""
+    """best_hyperparameters.json: the trial to ship, its model config, its measurements, and why."""
     cfg = tune_cfg.objective
     best = choose_best(records, cfg)
     summary = {"objective": cfg.describe(), "constraints": cfg.constraints.describe(),
@@ -66,20 +82,25 @@ def best_summary(records: list[TrialRecord], tune_cfg, final: dict | None) -> di
     if best is None:
         return summary
     train_cfg = tune_cfg.train_config(best.hyperparameters)
+    q = cfg.quality
+    if tune_cfg.task == "detect":
+        model, retrained = {"ssd": train_cfg.ssd.to_dict()}, lambda: {
+            "test_map": final["test"]["map"], "test_map50": final["test"]["map50"]}
+    else:
+        model, retrained = {"cnn": train_cfg.cnn.to_dict()}, lambda: {
+            "test_accuracy": final["test"]["accuracy"], "validation_accuracy": final["validation_accuracy"]}
     summary.update({
         "trial_id": best.trial_id,
         "hyperparameters": best.hyperparameters,
-        "cnn": train_cfg.cnn.to_dict(),
+        **model,
         "learning_rate": train_cfg.learning_rate,
-        "val_accuracy": best.val_accuracy,
+        q.metric: best.quality,
         "params": best.params,
         "int8_bytes": best.int8_bytes,
         "latency_ms": best.latency_ms,
         "latency_p90_ms": best.latency_p90_ms,
         "objective_value": _objective(cfg, best),
-        "retrained": None if final is None else {
-            "epochs": train_cfg.epochs, "test_accuracy": final["test"]["accuracy"],
-            "validation_accuracy": final["validation_accuracy"]},
+        "retrained": None if final is None else {"epochs": train_cfg.epochs, **retrained()},
     })
     return summary
 
@@ -95,6 +116,8 @@ def _plots(records: list[TrialRecord], cfg: ObjectiveConfig, space, plots: Path)
     from pipeline.report import save_figure
 
     plots.mkdir(parents=True, exist_ok=True)
+    q = cfg.quality
+    names = plot_names(q)
     measured = [r for r in records if r.measured]
     best = choose_best(records, cfg)
 
@@ -113,14 +136,14 @@ def _plots(records: list[TrialRecord], cfg: ObjectiveConfig, space, plots: Path)
     ax.set_title(f"objective over trials: {cfg.describe()}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
-    save_figure(fig, plots / PLOTS[0])
+    save_figure(fig, plots / names[0])
 
     for name, cost, label, limit in (
-        (PLOTS[1], lambda r: r.latency_ms, "median int8 latency (ms, 1 thread)", cfg.constraints.max_latency_ms),
-        (PLOTS[2], lambda r: r.int8_bytes / 1024, "int8 .tflite size (KB)", cfg.constraints.max_size_kb),
+        (names[1], lambda r: r.latency_ms, "median int8 latency (ms, 1 thread)", cfg.constraints.max_latency_ms),
+        (names[2], lambda r: r.int8_bytes / 1024, "int8 .tflite size (KB)", cfg.constraints.max_size_kb),
     ):
         fig, ax = plt.subplots(figsize=(6.5, 4.2))
-        points = [(cost(r), r.val_accuracy) for r in measured]
+        points = [(cost(r), r.quality) for r in measured]
         front = pareto_front(points)
         ok = [feasible(r, cfg.constraints) for r in measured]
         ax.scatter([p[0] for p, f in zip(points, ok) if f], [p[1] for p, f in zip(points, ok) if f],
@@ -132,12 +155,12 @@ def _plots(records: list[TrialRecord], cfg: ObjectiveConfig, space, plots: Path)
         for r, p in zip(measured, points):
             ax.annotate(r.trial_id, p, fontsize=7, xytext=(3, 3), textcoords="offset points")
         if best is not None:
-            ax.scatter([cost(best)], [best.val_accuracy], s=220, marker="*", c="gold", edgecolors="black",
+            ax.scatter([cost(best)], [best.quality], s=220, marker="*", c="gold", edgecolors="black",
                        label=f"best (trial {best.trial_id})", zorder=4)
         if limit is not None:
             ax.axvline(limit, color="tab:red", alpha=0.5, label="limit")
         ax.set_xlabel(label)
-        ax.set_ylabel("validation accuracy")
+        ax.set_ylabel(q.label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         save_figure(fig, plots / name)
@@ -149,17 +172,17 @@ def _plots(records: list[TrialRecord], cfg: ObjectiveConfig, space, plots: Path)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
     for ax, name in zip(axes.flat, hps):
         used = [r for r in measured if name in r.hyperparameters]
-        values = sorted(set(domains.get(name, ())) | {r.hyperparameters[name] for r in used}, key=float)
-        ax.scatter([values.index(r.hyperparameters[name]) for r in used], [r.val_accuracy for r in used],
+        values = _ordered(set(domains.get(name, ())) | {r.hyperparameters[name] for r in used})
+        ax.scatter([values.index(r.hyperparameters[name]) for r in used], [r.quality for r in used],
                    c=["tab:blue" if feasible(r, cfg.constraints) else "tab:red" for r in used], s=18)
-        ax.set_xticks(range(len(values)), [f"{v:g}" for v in values], fontsize=8)
+        ax.set_xticks(range(len(values)), [_value_label(v) for v in values], fontsize=8)
         ax.set_title(name, fontsize=9)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(hps):]:
         ax.axis("off")
-    fig.supylabel("validation accuracy")
+    fig.supylabel(q.label)
     fig.tight_layout()
-    save_figure(fig, plots / PLOTS[3])
+    save_figure(fig, plots / names[3])
 
 
 def write_hparams_logs(records: list[TrialRecord], cfg: ObjectiveConfig, space, logdir: Path) -> None:
@@ -175,8 +198,8 @@ def write_hparams_logs(records: list[TrialRecord], cfg: ObjectiveConfig, space, 
     hparams = {}
     for name in hyperparameter_names(measured, space):
         seen = {r.hyperparameters[name] for r in measured if name in r.hyperparameters}
-        hparams[name] = hp_api.HParam(name, hp_api.Discrete(sorted(set(domains.get(name, ())) | seen, key=float)))
-    metrics = {"val_accuracy": "validation accuracy", "latency_ms": "median int8 latency (ms)",
+        hparams[name] = hp_api.HParam(name, hp_api.Discrete(_ordered(set(domains.get(name, ())) | seen)))
+    metrics = {cfg.quality.metric: cfg.quality.label, "latency_ms": "median int8 latency (ms)",
                "int8_kb": "int8 size (KB)", "params": "parameters", "objective": cfg.describe(),
                "feasible": "meets the constraints (1) or not (0)"}
     logdir.parent.mkdir(parents=True, exist_ok=True)
@@ -189,7 +212,7 @@ def write_hparams_logs(records: list[TrialRecord], cfg: ObjectiveConfig, space, 
             with tf.summary.create_file_writer(str(tmp / f"trial_{r.trial_id}")).as_default():
                 hp_api.hparams({hparams[k]: v for k, v in r.hyperparameters.items() if k in hparams},
                                trial_id=r.trial_id)
-                values = {"val_accuracy": r.val_accuracy, "latency_ms": r.latency_ms,
+                values = {cfg.quality.metric: r.quality, "latency_ms": r.latency_ms,
                           "int8_kb": r.int8_bytes / 1024, "params": r.params, "objective": _objective(cfg, r),
                           "feasible": float(feasible(r, cfg.constraints))}
                 for k, v in values.items():
@@ -213,6 +236,7 @@ def _table(header: list[str], rows: list[list]) -> str:
 
 def _markdown(records, tune_cfg, summary: dict, source, final: dict | None, folder) -> str:
     cfg = tune_cfg.objective
+    q = cfg.quality
     measured = [r for r in records if r.measured]
     hps = hyperparameter_names(records, tune_cfg.space)
     best_id = summary["trial_id"]
@@ -224,7 +248,7 @@ def _markdown(records, tune_cfg, summary: dict, source, final: dict | None, fold
         parts += [f"**Ship trial {best_id}.** " + summary["why"], ""]
         if final is not None:
             parts += [f"Retrained on the full train split for {summary['retrained']['epochs']} epochs into "
-                      f"`{run_root}`: **test accuracy {final['test']['accuracy']:.2%}** "
+                      f"`{run_root}`: **{q.test_label} {q.format(final['test'][q.test_key])}** "
                       f"(`make export RUN={run_root}` next).", ""]
         else:
             parts += [f"Retraining into `{run_root}` has not finished yet; rerun the same command.", ""]
@@ -242,27 +266,32 @@ def _markdown(records, tune_cfg, summary: dict, source, final: dict | None, fold
             ["tuner", f"{tune_cfg.tuner} (Keras Tuner), seed {tune_cfg.seed}"],
             ["trials", f"{len(records)} run, {done} completed, budget {tune_cfg.trials}"],
             ["per trial", f"{tune_cfg.epochs} epoch(s) on {trial_images} train images, "
-                          f"{tune_cfg.image_size}px, batch {tune_cfg.batch_size}"],
+                          + ("input size searched" if tune_cfg.task == "detect" else f"{tune_cfg.image_size}px")
+                          + f", batch {tune_cfg.batch_size}"
+                          + (f"; scored on the {source.split_sizes.get('validation', 0)} validation images with "
+                             "pycocotools" if tune_cfg.task == "detect" else "")],
             ["objective", cfg.describe()],
             ["constraints", cfg.constraints.describe()],
-            ["measurement", f"int8 .tflite from export.convert; median of {tune_cfg.latency_runs} runs, 1 thread, "
+            ["measurement", "int8 .tflite as `make export` writes it"
+                            + (" (TFLite_Detection_PostProcess included)" if tune_cfg.task == "detect" else "")
+                            + f"; median of {tune_cfg.latency_runs} runs, 1 thread, "
                             f"ai-edge-litert on this machine ({platform.machine()}, {os.cpu_count()} cores)"],
         ]),
         "",
-        "Accuracy is the trial's best validation accuracy (float model, short training): it ranks "
-        "configurations; the retrained model's test accuracy is the number to quote. Latency was measured "
+        f"A trial's {q.label} (float model, short training on fewer images) ranks configurations; "
+        f"the retrained model's {q.test_label} is the number to quote. Latency was measured "
         "on a CPU that other work may share, so compare trials to each other rather than to a phone.",
         "",
         f"## Search space (as searched: {tune_cfg.space.num_configurations():,} configurations)", "",
         _table(["hyperparameter", "kind", "values"], [list(row) for row in tune_cfg.space.describe()]),
         "",
         "## Trials", "",
-        _table(["trial", "status", "feasible", cfg.kind, "val acc", "params", "int8 KB", "latency ms (p90)",
+        _table(["trial", "status", "feasible", cfg.kind, q.short, "params", "int8 KB", "latency ms (p90)",
                 "wall s"] + hps,
                [[f"**{r.trial_id}**" if r.trial_id == best_id else r.trial_id, r.status,
                  ("yes" if feasible(r, cfg.constraints) else "no") if r.measured else "-",
                  f"{_objective(cfg, r):.4f}" if r.measured else "-",
-                 f"{r.val_accuracy:.2%}" if r.val_accuracy is not None else "-",
+                 q.format(r.quality) if r.quality is not None else "-",
                  f"{r.params:,}" if r.params is not None else "-",
                  f"{r.int8_bytes / 1024:.1f}" if r.int8_bytes is not None else "-",
                  f"{r.latency_ms:.3f} ({r.latency_p90_ms:.3f})" if r.latency_ms is not None else "-",
@@ -272,16 +301,16 @@ def _markdown(records, tune_cfg, summary: dict, source, final: dict | None, fold
         "A `-` hyperparameter is not used by that model (fewer blocks or dense layers).",
         "",
         "## Pareto fronts", "",
-        "Trials no other trial beats on both accuracy and cost (any constraint ignored):", "",
+        f"Trials no other trial beats on both {q.label} and cost (any constraint ignored):", "",
     ]
-    for label, cost in (("accuracy vs latency", lambda r: r.latency_ms),
-                        ("accuracy vs size", lambda r: r.int8_bytes)):
-        front = pareto_front([(cost(r), r.val_accuracy) for r in measured])
+    for label, cost in ((f"{q.short} vs latency", lambda r: r.latency_ms),
+                        (f"{q.short} vs size", lambda r: r.int8_bytes)):
+        front = pareto_front([(cost(r), r.quality) for r in measured])
         parts.append(f"- {label}: " + (", ".join(
-            f"{measured[i].trial_id} ({measured[i].val_accuracy:.2%}, {measured[i].latency_ms:.3f} ms, "
+            f"{measured[i].trial_id} ({q.format(measured[i].quality)}, {measured[i].latency_ms:.3f} ms, "
             f"{measured[i].int8_bytes / 1024:.1f} KB)" for i in front) or "none"))
     parts += ["", "## Plots", ""]
-    parts += [f"![{name[:-4]}](plots/{name})" for name in PLOTS]
+    parts += [f"![{name[:-4]}](plots/{name})" for name in plot_names(q)]
     parts += ["", "Files: `trials.csv` (every trial), `best_hyperparameters.json`, "
               f"TensorBoard HParams: `tensorboard --logdir {folder.tensorboard}`.", ""]
     return "\n".join(parts)

@@ -1,5 +1,10 @@
 """`make tune`: a Keras Tuner search into RUN/tuning, a report, then the best config retrained into RUN.
 
+TASK=classify searches the CNN (tuning.space.SearchSpace) and ranks trials by
+validation accuracy; TASK=detect searches the SSD detector (SSDSearchSpace) and
+ranks them by validation COCO mAP@[.5:.95]. Both measure each trial's int8
+.tflite (size, latency) and take the same constraints.
+
 Order of work, chosen so that a kill at any point is safe to rerun:
 
 1. open the data (prepared once, before any worker starts) and check the space builds;
@@ -31,10 +36,13 @@ from typing import TYPE_CHECKING
 
 from common.errors import ConfigError, UserError
 from common.run_folder import RunFolder, write_json, write_text
-from tuning.objective import ObjectiveConfig, TrialRecord, choose_best, explain_best
-from tuning.space import SearchSpace
+from tuning.objective import QUALITIES, ObjectiveConfig, TrialRecord, choose_best, explain_best
+from tuning.space import SPACES, SearchSpace, SSDSearchSpace
 
 TUNERS = ("bayesian", "random", "hyperband", "grid")
+TASKS = ("classify", "detect")
+# Per task, what None means for the settings that differ: {name: (classify, detect)}.
+TASK_DEFAULTS = {"batch_size": (64, 32), "trial_train_examples": (3000, 1000)}
 PROJECT = "project"
 RUNS_LOG = "runs.log"
 FINAL_MODEL_FILES = ("config.json", "labels.txt", "model.keras", "metrics.json", "report.md")
@@ -48,30 +56,47 @@ if TYPE_CHECKING:
 class TuneConfig:
     """Everything that determines a search; saved as RUN/tuning/settings.json.
 
-    trial_train_examples: the train split is cut to this many images for trials (0: all of it);
-        the final retrain always uses all of it.
+    task: "classify" (the CNN) or "detect" (the SSD detector); picks the space and the quality.
+    image_size: the classifier's input side; the detector's input size is in its space.
+    batch_size: None: 64 (classify) or 32 (detect), as `make train` uses.
+    trial_train_examples: the train split is cut to this many images for trials (0: all of it;
+        None: 3000 classify, 1000 detect); the final retrain always uses all of it.
     epochs: per trial (Hyperband: the most any trial trains).
     final_epochs: for the retrain of the best configuration; None: what `make train` uses
-                  for this data (pipeline.train.TrainConfig.epochs_for), so the tuned model is
-                  trained as long as a default one and the two compare fairly.
+                  for this data and task, so the tuned model is trained as long as a default
+                  one and the two compare fairly.
+    space: a SearchSpace (classify) or SSDSearchSpace (detect); None: the task's default.
     """
 
     data: str = "shapes"
+    task: str = "classify"
     tuner: str = "bayesian"
     trials: int = 6
     epochs: int = 3
     seed: int = 0
     image_size: int = 64
-    batch_size: int = 64
-    trial_train_examples: int = 3000
+    batch_size: int | None = None
+    trial_train_examples: int | None = None
     final_epochs: int | None = None
     latency_runs: int = 100
-    space: SearchSpace = field(default_factory=SearchSpace)
+    space: SearchSpace | SSDSearchSpace | None = None
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
 
     def __post_init__(self):
+        if self.task not in TASKS:
+            raise ConfigError(f"TASK={self.task}: expected one of {', '.join(TASKS)}")
         if self.tuner not in TUNERS:
             raise ConfigError(f"TUNER={self.tuner}: expected one of {', '.join(TUNERS)}")
+        for name, per_task in TASK_DEFAULTS.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, per_task[TASKS.index(self.task)])
+        if self.space is None:
+            object.__setattr__(self, "space", SPACES[self.task]())
+        if not isinstance(self.space, SPACES[self.task]):
+            raise ConfigError(f"TASK={self.task} searches a {SPACES[self.task].__name__}, "
+                              f"not a {type(self.space).__name__}")
+        if self.objective.quality != QUALITIES[self.task]:
+            object.__setattr__(self, "objective", replace(self.objective, quality=QUALITIES[self.task]))
         for name in ("trials", "epochs", "final_epochs", "batch_size", "latency_runs"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be at least 1")
@@ -87,7 +112,8 @@ class TuneConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TuneConfig":
         d = dict(d)
-        d["space"] = SearchSpace.from_dict(d["space"])
+        task = d.setdefault("task", "classify")
+        d["space"] = SPACES[task].from_dict(d["space"])
         d["objective"] = ObjectiveConfig.from_dict(d["objective"])
         return cls(**d)
 
@@ -97,18 +123,31 @@ class TuneConfig:
         d.pop("trials")
         return d
 
-    def train_config(self, hyperparameters: dict):
-        """The pipeline.train config that retrains a trial's hyperparameters on the full data."""
+    def train_config(self, hyperparameters: dict, *, epochs: int | None = None):
+        """The `make train` config of a trial's hyperparameters: pipeline.train's TrainConfig
+        (classify) or pipeline.train_detector's DetectTrainConfig (detect).
+
+        epochs: None for the retrain on the full data (final_epochs, or `make train`'s default).
+        """
         import keras_tuner
+
+        hp = keras_tuner.HyperParameters()
+        hp.values.update(hyperparameters)
+        if self.task == "detect":
+            from pipeline.train_detector import DetectTrainConfig, default_ssd
+            from tuning.space import sample_ssd_config
+
+            ssd, learning_rate = sample_ssd_config(hp, self.space, default_ssd())
+            return DetectTrainConfig(data=self.data, ssd=ssd, learning_rate=learning_rate, batch_size=self.batch_size,
+                                     seed=self.seed, epochs=epochs or self.final_epochs or DetectTrainConfig.epochs)
 
         from pipeline.train import TrainConfig
         from tuning.space import sample_cnn_config
 
-        hp = keras_tuner.HyperParameters()
-        hp.values.update(hyperparameters)
         cnn, learning_rate = sample_cnn_config(hp, self.space)
         return TrainConfig(data=self.data, image_size=self.image_size, batch_size=self.batch_size,
-                           epochs=self.final_epochs or TrainConfig.epochs_for(self.data), learning_rate=learning_rate, seed=self.seed, cnn=cnn)
+                           epochs=epochs or self.final_epochs or TrainConfig.epochs_for(self.data),
+                           learning_rate=learning_rate, seed=self.seed, cnn=cnn)
 
 
 @dataclass(frozen=True)
@@ -297,23 +336,35 @@ def run_trials(cfg: TuneConfig, source: Source, folder: TuningFolder, *, verbose
     """Run this process's share of the search (all of it, unless distributed), then return."""
     import keras
 
+    keras.utils.set_random_seed(cfg.seed)
+    trials_source = trial_source(source, cfg.trial_train_examples)
+    verbose = 2 if verbose else 0
+    if cfg.task == "detect":
+        from tuning.hypermodel import SSDHyperModel
+
+        # The anchors (and so the targets) and the input size change with the trial: the
+        # hypermodel makes each trial's datasets itself.
+        hypermodel = SSDHyperModel(cfg, train_source=trials_source, val_source=source)
+        make_tuner(cfg, hypermodel, folder).search(epochs=cfg.epochs, verbose=verbose)
+        return
+
     from pipeline.dataset import classification_dataset
     from pipeline.train import TrainConfig
     from tuning.hypermodel import CNNHyperModel
 
-    keras.utils.set_random_seed(cfg.seed)
     pipe = TrainConfig(data=cfg.data, image_size=cfg.image_size, batch_size=cfg.batch_size).pipeline()
-    train = classification_dataset(trial_source(source, cfg.trial_train_examples), "train", pipe, training=True,
-                                   seed=cfg.seed)
+    train = classification_dataset(trials_source, "train", pipe, training=True, seed=cfg.seed)
     val = classification_dataset(source, "validation", pipe, training=False)
     hypermodel = CNNHyperModel(cfg.space, num_classes=source.num_classes, input_size=cfg.image_size,
                                objective=cfg.objective, latency_runs=cfg.latency_runs)
-    tuner = make_tuner(cfg, hypermodel, folder)
-    tuner.search(train, validation_data=val, epochs=cfg.epochs, verbose=2 if verbose else 0)
+    make_tuner(cfg, hypermodel, folder).search(train, validation_data=val, epochs=cfg.epochs, verbose=verbose)
 
 
-def load_records(folder: TuningFolder) -> list[TrialRecord]:
-    """Every trial in the store, in trial-id order, read from its trial.json."""
+def load_records(folder: TuningFolder, quality_metric: str = "val_accuracy") -> list[TrialRecord]:
+    """Every trial in the store, in trial-id order, read from its trial.json.
+
+    quality_metric: the trial metric that ranks trials (ObjectiveConfig.quality.metric).
+    """
     from keras_tuner.src.engine.trial import Trial
 
     records = []
@@ -329,7 +380,7 @@ def load_records(folder: TuningFolder) -> list[TrialRecord]:
         as_int = lambda v: None if v is None else int(v)  # noqa: E731
         records.append(TrialRecord(
             trial_id=trial.trial_id, status=trial.status, hyperparameters=values,
-            val_accuracy=metric("val_accuracy"), params=as_int(metric("params")),
+            quality=metric(quality_metric), params=as_int(metric("params")),
             int8_bytes=as_int(metric("int8_bytes")), latency_ms=metric("latency_ms"),
             latency_p90_ms=metric("latency_p90_ms"), wall_seconds=metric("wall_seconds"),
             objective=metric("objective"),
@@ -368,20 +419,24 @@ def _clear_final_model(run: RunFolder) -> None:
 
 
 def retrain_best(cfg: TuneConfig, best: TrialRecord, source: Source, run: RunFolder, *, verbose: int = 1) -> dict:
-    """Train the best trial's configuration into RUN with pipeline.train; returns its metrics.json.
+    """Train the best trial's configuration into RUN as `make train` would; returns its metrics.json.
 
     config.json is written first, as the run folder's contract says: it names what RUN is being
-    trained into, so pipeline.train resumes it (or finds it done) instead of refusing a folder
-    that already holds tuning/. A different best (a search given more trials) replaces the model.
+    trained into, so training resumes it (or finds it done) instead of refusing a folder that
+    already holds tuning/. A different best (a search given more trials) replaces the model.
     """
-    from pipeline.train import train_classifier
-
     train_cfg = cfg.train_config(best.hyperparameters)
     if run.config.exists() and run.read_config() != train_cfg.to_dict():
         print(f"The best configuration changed; replacing the model in {run.root}")
         _clear_final_model(run)
     if not run.config.exists():
         write_json(run.config, train_cfg.to_dict())
+    if cfg.task == "detect":
+        from pipeline.train_detector import train_detector
+
+        return train_detector(train_cfg, source, run.root, verbose=2 if verbose else 0)
+    from pipeline.train import train_classifier
+
     return train_classifier(train_cfg, source, run.root, verbose=2 if verbose else 0)
 
 
@@ -396,13 +451,17 @@ def tune(cfg: TuneConfig, run_dir: Path, *, data_dir: Path | None = None, worker
     from tuning import distributed
     from tuning.report import write_report
 
-    cfg.space.check_input_size(cfg.image_size)
+    if cfg.task == "classify":
+        cfg.space.check_input_size(cfg.image_size)
     run = RunFolder(Path(run_dir))
     folder = TuningFolder(run.tuning)
     role = distributed.current_role()
     if role is not None and workers:
         raise ConfigError("WORKERS= starts its own chief and workers; do not also set KERASTUNER_TUNER_ID")
-    source = open_source(cfg.data, "classify", data_dir=data_dir, seed=cfg.seed)
+    source = open_source(cfg.data, cfg.task, data_dir=data_dir, seed=cfg.seed)
+    if cfg.task == "detect" and not source.split_sizes.get("validation"):
+        raise UserError(f"DATA={cfg.data}: TASK=detect tuning ranks trials by mAP on the validation split, "
+                        f"and this source has none")
     state = _prepare_folder(run, folder, cfg, force=force and role != "worker")
     write_json(folder.settings, cfg.to_dict())
     if state == "resume":
@@ -416,14 +475,16 @@ def tune(cfg: TuneConfig, run_dir: Path, *, data_dir: Path | None = None, worker
     else:
         run_trials(cfg, source, folder, verbose=verbose)
 
-    records = load_records(folder)
+    quality = cfg.objective.quality
+    records = load_records(folder, quality.metric)
     best = choose_best(records, cfg.objective)
     write_report(folder, cfg, records, source=source, final=None)
     if best is None:
         raise UserError(f"{explain_best(records, cfg.objective)} Report: {folder.report}")
     final = retrain_best(cfg, best, source, run, verbose=verbose)
     write_report(folder, cfg, records, source=source, final=final)
-    print(f"Best: trial {best.trial_id}, validation accuracy {best.val_accuracy:.2%}, "
+    test = final["test"][quality.test_key]
+    print(f"Best: trial {best.trial_id}, {quality.label} {quality.format(best.quality)}, "
           f"{best.int8_bytes / 1024:.1f} KB int8, {best.latency_ms:.3f} ms. "
-          f"Retrained into {run.root} (test accuracy {final['test']['accuracy']:.2%}). Report: {folder.report}")
-    return {"trial_id": best.trial_id, "hyperparameters": best.hyperparameters, "test": final["test"]["accuracy"]}
+          f"Retrained into {run.root} ({quality.test_label} {quality.format(test)}). Report: {folder.report}")
+    return {"trial_id": best.trial_id, "hyperparameters": best.hyperparameters, "test": test}

@@ -1,26 +1,36 @@
-"""The search space: what `make tune` may vary, and the one place that asks Keras Tuner for values.
+"""The search spaces: what `make tune` may vary, and the one place that asks Keras Tuner for values.
 
-A ``SearchSpace`` holds two kinds of entries:
+Two spaces, one per task:
+
+    SearchSpace     the classifier (TASK=classify): a CNN of conv/ReLU/max-pool blocks and dense layers
+    SSDSearchSpace  the detector (TASK=detect): SSD on MobileNetV2, its heads and its anchors
+
+Each holds two kinds of entries:
 
     ranges   (min, max), inclusive, for counts: conv_blocks, dense_layers
     choices  a tuple of allowed values, the first is the default (Grid starts there)
 
-Defaults are small on purpose: on-device models, and a search that finishes in
-minutes on a laptop CPU. A YAML or JSON file (``SPACE=file``) or ``KEY=V1,V2``
-overrides (``SPACE_SET=``) narrow or widen any entry; unknown keys are errors.
+Defaults are small on purpose: on-device models, and a search that finishes on
+a laptop CPU. A YAML or JSON file (``SPACE=file``) or ``KEY=V1,V2`` overrides
+(``SPACE_SET=``) narrow or widen any entry; unknown keys are errors.
 
     conv_blocks: [1, 2]        # range: min, max
     filters: [8, 16, 32, 64]   # choices for every block's filters
     learning_rate: 0.001       # one value: not searched
+    aspect_ratios: ["1", "1:2:0.5"]   # detector: each choice is a set of ratios joined by ":"
 """
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from common.errors import ConfigError
 from models.cnn import CNNConfig, feature_map_sizes
+
+if TYPE_CHECKING:
+    from models.ssd import SSDConfig
 
 RANGES = ("conv_blocks", "dense_layers")
 CHOICES = ("filters", "kernel_size", "pool_size", "pool_stride", "hidden_units", "dropout", "learning_rate")
@@ -86,7 +96,7 @@ class SearchSpace:
 
     @classmethod
     def from_dict(cls, d: dict) -> "SearchSpace":
-        return replace(cls(), **_parse_entries(d))
+        return replace(cls(), **_parse_entries(d, cls))
 
     def check_input_size(self, input_size: int) -> None:
         """Raise ConfigError unless every configuration in the space builds at ``input_size``.
@@ -138,35 +148,50 @@ class SearchSpace:
         return rows
 
 
-def _parse_entries(d: dict) -> dict:
-    """{name: value or list} from a file or overrides -> {name: tuple}; names are checked."""
+def _parse_entries(d: dict, space_cls) -> dict:
+    """{name: value or list} from a file or overrides -> {name: tuple}; names and types are checked."""
     if not isinstance(d, dict):
         raise ConfigError(f"search space must be a mapping of names to values, got {type(d).__name__}")
-    known = {f.name for f in fields(SearchSpace)}
+    known = {f.name for f in fields(space_cls)}
     unknown = sorted(set(d) - known)
     if unknown:
         raise ConfigError(f"search space: unknown entries {unknown}; known: {sorted(known)}")
+    texts = getattr(space_cls, "TEXT_ENTRIES", ())
     out = {}
     for name, value in d.items():
         values = list(value) if isinstance(value, (list, tuple)) else [value]
         if name in RANGES and len(values) == 1:
             values = values * 2  # a single count is a range of one
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        if name == "aspect_ratios":
+            values = [ratios_text(v) for v in values]
+        elif name in texts:
+            if not all(isinstance(v, str) for v in values):
+                raise ConfigError(f"search space: {name} needs names, got {value!r}")
+        elif not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             raise ConfigError(f"search space: {name} needs numbers, got {value!r}")
         out[name] = tuple(values)
     return out
 
 
-def load_space(path: Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> SearchSpace:
-    """The default space, changed by a YAML/JSON file, then by ``KEY=V1,V2`` overrides."""
+def _override_values(space_cls, key: str, text: str) -> list:
+    """The values of one ``KEY=V1,V2`` override: names stay text, everything else is a number."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if key in getattr(space_cls, "TEXT_ENTRIES", ()):
+        return items
+    return [float(t) if any(c in t for c in ".e") else int(t) for t in items]
+
+
+def load_space(path: Path | None = None, overrides: list[str] | tuple[str, ...] = (), task: str = "classify"):
+    """The task's default space, changed by a YAML/JSON file, then by ``KEY=V1,V2`` overrides."""
     import yaml
 
-    space = SearchSpace()
+    space_cls = SPACES[task]
+    space = space_cls()
     if path is not None:
         path = Path(path)
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8"))  # JSON is YAML too
-            space = replace(space, **_parse_entries(loaded or {}))
+            space = replace(space, **_parse_entries(loaded or {}, space_cls))
         except FileNotFoundError:
             raise ConfigError(f"SPACE={path}: file not found") from None
         except yaml.YAMLError as e:
@@ -176,13 +201,13 @@ def load_space(path: Path | None = None, overrides: list[str] | tuple[str, ...] 
     for item in overrides:
         key, sep, text = item.partition("=")
         try:
-            values = [float(t) if any(c in t for c in ".e") else int(t) for t in text.split(",") if t.strip()]
+            values = _override_values(space_cls, key.strip(), text)
         except ValueError:
             values = None
         if not sep or not values:
             raise ConfigError(f"SPACE_SET: expected KEY=V1,V2,... with numbers, got {item!r}")
         try:
-            space = replace(space, **_parse_entries({key.strip(): values}))
+            space = replace(space, **_parse_entries({key.strip(): values}, space_cls))
         except ConfigError as e:
             raise ConfigError(f"SPACE_SET {item}: {e}") from None
     return space
@@ -241,3 +266,121 @@ def sample_cnn_config(hp, space: SearchSpace) -> tuple[CNNConfig, float]:
     cfg = CNNConfig(filters=tuple(filters), kernel_size=kernel_size, pool_size=pool_size,
                     pool_stride=pool_stride, hidden_units=tuple(units), dropout=dropout)
     return cfg, float(learning_rate)
+
+
+# --- the detector ----------------------------------------------------------------------------------
+
+def ratios_text(value) -> str:
+    """One anchor aspect-ratio set as a Keras Tuner choice: "1:2:0.5" (from that text, a number or a list)."""
+    items = value if isinstance(value, (list, tuple)) else str(value).split(":")
+    try:
+        ratios = [float(v) for v in items]
+    except (TypeError, ValueError):
+        raise ConfigError(f"search space: aspect_ratios needs sets of numbers like 1:2:0.5, got {value!r}") from None
+    if not ratios or min(ratios) <= 0:
+        raise ConfigError(f"search space: aspect ratios must be positive, got {value!r}")
+    return ":".join(f"{r:g}" for r in ratios)
+
+
+def parse_ratios(text: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in text.split(":"))
+
+
+@dataclass(frozen=True)
+class SSDSearchSpace:
+    """alpha:         MobileNetV2 width multiplier.
+    input_size:    side of the model input, pixels (a multiple of 32); the feature levels stay
+                   at strides 8, 16 and 32, so the anchor grids grow with it.
+    head:          "ssdlite" (depthwise-separable) or "conv" (3x3) box and class heads.
+    head_depth:    hidden layers in each head before its prediction layer.
+    head_filters:  channels of those hidden layers.
+    min_scale:     anchor side at the finest level, as a fraction of the image side.
+    max_scale:     anchor side at the coarsest level.
+    aspect_ratios: sets of anchor width/height ratios, each written "1:2:0.5".
+    learning_rate: Adam's peak learning rate (one warm-up epoch, then cosine decay).
+
+    The first value of each entry is the default detector of `make train TASK=detect`.
+    """
+
+    TEXT_ENTRIES = ("head", "aspect_ratios")
+
+    alpha: tuple[float, ...] = (0.35, 0.5, 0.75)
+    input_size: tuple[int, ...] = (128, 96, 160)
+    head: tuple[str, ...] = ("ssdlite",)
+    head_depth: tuple[int, ...] = (1, 0, 2)
+    head_filters: tuple[int, ...] = (64, 32, 128)
+    min_scale: tuple[float, ...] = (0.15, 0.1, 0.2)
+    max_scale: tuple[float, ...] = (0.45, 0.6, 0.8)
+    aspect_ratios: tuple[str, ...] = ("1:2:0.5", "1", "1:2:0.5:3:0.333")
+    learning_rate: tuple[float, ...] = (3e-3, 1e-3, 6e-3)
+
+    def __post_init__(self):
+        for name in ("input_size", "head_depth", "head_filters"):
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        for name in ("alpha", "min_scale", "max_scale", "learning_rate"):
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+        object.__setattr__(self, "head", tuple(str(v) for v in self.head))
+        object.__setattr__(self, "aspect_ratios", tuple(ratios_text(v) for v in self.aspect_ratios))
+        problems = []
+        for f in fields(self):
+            values = getattr(self, f.name)
+            if not values:
+                problems.append(f"{f.name} needs at least one value")
+            elif len(set(values)) != len(values):
+                problems.append(f"{f.name} lists a value twice: {list(values)}")
+        if any(v < 32 or v % 32 for v in self.input_size):
+            problems.append(f"input_size values must be multiples of 32 (MobileNetV2), got {list(self.input_size)}")
+        if any(v not in ("ssdlite", "conv") for v in self.head):
+            problems.append(f"head values must be ssdlite or conv, got {list(self.head)}")
+        if any(v < 0 for v in self.head_depth) or any(v < 1 for v in self.head_filters):
+            problems.append("head_depth values must be >= 0 and head_filters values >= 1")
+        if any(v <= 0 for v in self.alpha + self.learning_rate):
+            problems.append("alpha and learning_rate values must be positive")
+        if self.min_scale and self.max_scale and not 0 < max(self.min_scale) <= min(self.max_scale):
+            problems.append(f"every min_scale must be > 0 and <= every max_scale, got {list(self.min_scale)} and "
+                            f"{list(self.max_scale)}")
+        if problems:
+            raise ConfigError("search space: " + "; ".join(problems))
+
+    def to_dict(self) -> dict:
+        return {f.name: list(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SSDSearchSpace":
+        return replace(cls(), **_parse_entries(d, cls))
+
+    def num_configurations(self) -> int:
+        return math.prod(len(getattr(self, f.name)) for f in fields(self))
+
+    def hyperparameters(self) -> dict[str, tuple]:
+        """Every hyperparameter Keras Tuner sees, in declaration order, with its possible values."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        return [(f.name, "choice", ", ".join(v if isinstance(v, str) else f"{v:g}" for v in getattr(self, f.name)))
+                for f in fields(self)]
+
+
+def sample_ssd_config(hp, space: SSDSearchSpace, base: "SSDConfig") -> tuple["SSDConfig", float]:
+    """Ask ``hp`` for one point of ``space``; what the space does not search comes from ``base``.
+
+    Returns:
+        (the detector's config, the learning rate).
+    """
+    alpha = _choice(hp, "alpha", space.alpha)
+    input_size = _choice(hp, "input_size", space.input_size)
+    head = _choice(hp, "head", space.head)
+    head_depth = _choice(hp, "head_depth", space.head_depth)
+    head_filters = _choice(hp, "head_filters", space.head_filters)
+    min_scale = _choice(hp, "min_scale", space.min_scale)
+    max_scale = _choice(hp, "max_scale", space.max_scale)
+    ratios = _choice(hp, "aspect_ratios", space.aspect_ratios)
+    learning_rate = _choice(hp, "learning_rate", space.learning_rate)
+    anchors = base.anchors.replace(input_size=int(input_size), min_scale=float(min_scale), max_scale=float(max_scale),
+                                   aspect_ratios=parse_ratios(ratios))
+    cfg = replace(base, anchors=anchors, alpha=float(alpha), head=head, head_depth=int(head_depth),
+                  head_filters=int(head_filters))
+    return cfg, float(learning_rate)
+
+
+SPACES = {"classify": SearchSpace, "detect": SSDSearchSpace}

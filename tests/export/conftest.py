@@ -9,7 +9,6 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 EXPORT_SHAPES = "shapes:train=192,validation=32,test=48,size=32,seed=3"

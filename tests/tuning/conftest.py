@@ -34,8 +34,8 @@ def tiny_args(tiny_data_dir):
 
 @pytest.fixture(scope="session")
 def tune_subprocess():
-    """(command, env) for running `python -m tuning.command ARGS` in a child process."""
+    """(command, env) for running `python cli.py tune ARGS` in a child process."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KERASTUNER_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    return (lambda args: [sys.executable, "-m", "tuning.command", *args]), env
+    return (lambda args: [sys.executable, str(ROOT / "cli.py"), "tune", *args]), env

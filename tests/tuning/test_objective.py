@@ -8,7 +8,7 @@ from tuning.objective import (Constraints, ObjectiveConfig, TrialRecord, choose_
 
 
 def record(trial_id, acc, kb, ms, status="COMPLETED"):
-    return TrialRecord(trial_id=trial_id, status=status, hyperparameters={}, val_accuracy=acc, params=1000,
+    return TrialRecord(trial_id=trial_id, status=status, hyperparameters={}, quality=acc, params=1000,
                        int8_bytes=int(kb * 1024), latency_ms=ms, latency_p90_ms=ms, wall_seconds=1.0)
 
 
@@ -41,8 +41,8 @@ def test_constraints_exclude_infeasible_trials_from_best():
     limited = ObjectiveConfig(constraints=Constraints(max_size_kb=100, max_latency_ms=2.0))
     assert choose_best(records, limited).trial_id == "2"
     why = explain_best(records, limited)
-    assert "Trial 2" in why and "Trial 0 was more accurate" in why and "500.0 KB > MAX_SIZE_KB=100" in why
-    assert "Trial 1 was more accurate" in why and "5.000 ms > MAX_LATENCY_MS=2" in why
+    assert "Trial 2" in why and "Trial 0 was better" in why and "500.0 KB > MAX_SIZE_KB=100" in why
+    assert "Trial 1 was better" in why and "5.000 ms > MAX_LATENCY_MS=2" in why
     assert choose_best(records, ObjectiveConfig(constraints=Constraints(max_size_kb=5))) is None
     assert "None of the 3 finished trials" in explain_best(records, ObjectiveConfig(constraints=Constraints(5)))
 

@@ -5,16 +5,16 @@ import csv
 import json
 
 from common.run_folder import RunFolder
-from tuning import command
+import cli
 from tuning.objective import ObjectiveConfig, TrialRecord, choose_best
-from tuning.report import METRIC_COLUMNS, PLOTS
+from tuning.report import metric_columns, plot_names
 from tuning.search import TuneConfig
 
 
 def test_three_trial_search_writes_a_complete_report(tmp_path, tiny_args):
     run = tmp_path / "run"
-    assert command.main(tiny_args(run, "--tuner", "random", "--trials", "3", "--objective", "score",
-                                  "--latency-weight", "0.1")) == 0
+    assert cli.main(["tune", *tiny_args(run, "--tuner", "random", "--trials", "3", "--objective", "score",
+                                        "--latency-weight", "0.1")]) == 0
     tuning = run / "tuning"
     settings = TuneConfig.from_dict(json.loads((tuning / "settings.json").read_text()))
     active = settings.space.hyperparameters()
@@ -23,7 +23,7 @@ def test_three_trial_search_writes_a_complete_report(tmp_path, tiny_args):
     assert [r["trial_id"] for r in rows] == ["0", "1", "2"]
     for r in rows:
         assert r["status"] == "COMPLETED"
-        assert all(r[c] != "" for c in METRIC_COLUMNS), r
+        assert all(r[c] != "" for c in metric_columns()), r
         blocks, layers = int(r["conv_blocks"]), int(r["dense_layers"])
         used = [n for n in active if not n.startswith(("filters_", "units_"))]
         used += [f"filters_{i}" for i in range(1, blocks + 1)] + [f"units_{j}" for j in range(1, layers + 1)]
@@ -42,7 +42,7 @@ def test_three_trial_search_writes_a_complete_report(tmp_path, tiny_args):
     report = (tuning / "report.md").read_text()
     assert f"**Ship trial {best['trial_id']}.**" in report and "test accuracy" in report
     assert "## Search space (as searched" in report and "| learning_rate | choice | 0.001, 0.003, 0.0003 |" in report
-    for plot in PLOTS:
+    for plot in plot_names():
         assert (tuning / "plots" / plot).read_bytes()[:4] == b"\x89PNG"
         assert f"(plots/{plot})" in report
     events = list((tuning / "tensorboard").rglob("events.out.tfevents.*"))
