@@ -5,7 +5,7 @@
     python cli.py predict --run RUN [--image PATH] [--model FILE.tflite]
     python cli.py tune    --run RUN --task classify|detect --data shapes --tuner bayesian --trials 6 [--max-latency-ms 2]
     python cli.py export  --run RUN --quant int8|float32|float16|dynamic|int8-qat|all [--prune 0.5]
-    python cli.py bench   [--only pipeline,export,tuning,detection,distribute] [--out runs/bench]
+    python cli.py bench   [--only pipeline,export,tuning,detection,detector-int8,distribute] [--out runs/bench]
 
 A ``UserError`` (bad path, bad file, bad setting) prints one line and exits 2;
 anything else is a bug and keeps its traceback.
@@ -84,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmarks: input pipeline, export, tuning memory, detection, distribution")
     p.add_argument("--out", type=Path, default=Path("runs/bench"))
     p.add_argument("--only", default="all", help="comma-separated subset of: pipeline, export, tuning, "
-                                                 "detection, distribute (default all)")
+                                                 "detection, detector-int8, distribute (default all)")
     p.add_argument("--data-dir", type=Path, default=None)
     return parser
 

@@ -155,9 +155,9 @@ def whole_model_latency(models: dict[str, bytes], threads: int, rounds: int, run
 
 
 def _model_t(model_bytes: bytes):
-    from export.metadata import _schemas
+    from export.metadata import schemas
 
-    model_fb, _ = _schemas()
+    model_fb, _ = schemas()
     return model_fb, model_fb.ModelT.InitFromObj(model_fb.Model.GetRootAsModel(model_bytes, 0))
 
 

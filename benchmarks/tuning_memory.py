@@ -37,7 +37,7 @@ def run_tuning_memory_benchmark(out_dir, trials: int = 8, data_dir: Path | None 
     Returns {"rss_mb": [...per trial], "growth_mb_per_trial": slope from trial 2 on, "flat": bool, ...}.
     """
     from pipeline.sources import open_source
-    from tuning.search import TuneConfig, TuningFolder, _prepare_folder, run_trials
+    from tuning.search import TuneConfig, TuningFolder, prepare_tuning_folder, run_trials
     from tuning.space import SearchSpace
     from common.run_folder import RunFolder
 
@@ -49,7 +49,7 @@ def run_tuning_memory_benchmark(out_dir, trials: int = 8, data_dir: Path | None 
     run = RunFolder(out_dir / "run")
     folder = TuningFolder(run.tuning)
     source = open_source(DATA, "classify", data_dir=data_dir or out_dir / "tfds")
-    _prepare_folder(run, folder, cfg, force=True)
+    prepare_tuning_folder(run, folder, cfg, force=True)
     write_json(folder.settings, cfg.to_dict())
     run_trials(cfg, source, folder, verbose=0)
 

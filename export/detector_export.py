@@ -41,8 +41,8 @@ OUTPUT_NAMES = ("boxes", "classes", "scores", "count")
 # Metadata tensor names MediaPipe's ObjectDetector looks the outputs up by.
 METADATA_OUTPUT_NAMES = ("location", "category", "score", "number of detections")
 # Largest mAP@.5 drop (Keras -> .tflite, on the verification images) an export may show. float32
-# computes the same function (only the op's NMS differs); int8 is allowed a real quantization loss.
-VERIFY_TOLERANCE = {"float32": 0.05, "int8": 0.25}
+# computes the same function, per-class NMS included; int8 is allowed a real quantization loss.
+VERIFY_TOLERANCE = {"float32": 0.02, "int8": 0.25}
 
 
 @dataclass(frozen=True)
@@ -52,13 +52,19 @@ class PostProcess:
     score_threshold: detections below it are never output (MediaPipe's own threshold filters further).
     iou_threshold:   NMS overlap.
     max_detections:  K, rows of the outputs.
-    use_regular_nms: False is the op's fast class-agnostic NMS (one class per box), the usual choice.
+    use_regular_nms: True is per-class NMS, the function the Keras evaluation computes
+                     (models.postprocess: every class of every anchor competes within its class).
+                     False, the op's "fast" mode, keeps only each anchor's top class and suppresses
+                     across classes. Measured on a tuned 96 px shapes detector, 150 test images:
+                     fast mode cost 3.4 points of mAP@.5 (0.950 vs Keras 0.984) in float32, per-class
+                     NMS matched Keras exactly, for 0.06 ms more (1.34 vs 1.28 ms, 1 thread).
+    detections_per_class: per-class NMS keeps at most this many boxes of each class.
     """
 
     score_threshold: float = 0.01
     iou_threshold: float = 0.5
     max_detections: int = 100
-    use_regular_nms: bool = False
+    use_regular_nms: bool = True
     detections_per_class: int = 100
 
 
@@ -200,9 +206,9 @@ def convert_detector(model, anchors: AnchorConfig, num_classes: int, mode: str, 
 
 
 def _model_t(model_bytes: bytes):
-    from export.metadata import _schemas
+    from export.metadata import schemas
 
-    model_fb, _ = _schemas()
+    model_fb, _ = schemas()
     return model_fb, model_fb.ModelT.InitFromObj(model_fb.Model.GetRootAsModel(model_bytes, 0))
 
 
@@ -260,9 +266,9 @@ def detector_metadata(image, *, name: str, description: str, version: str, label
     (order top, left, bottom, right; ratio coordinates), a value-label file on the
     category tensor, and the three per-detection tensors grouped.
     """
-    from export.metadata import _image_tensor_metadata, _schemas
+    from export.metadata import image_tensor_metadata, schemas
 
-    _, meta = _schemas()
+    _, meta = schemas()
 
     def tensor(name, description, content_type, properties, content_range=True):
         content = meta.ContentT()
@@ -297,7 +303,7 @@ def detector_metadata(image, *, name: str, description: str, version: str, label
     group.name, group.tensorNames = "detection_result", [loc_name, cat_name, score_name]
 
     subgraph = meta.SubGraphMetadataT()
-    subgraph.inputTensorMetadata = [_image_tensor_metadata(image)]
+    subgraph.inputTensorMetadata = [image_tensor_metadata(image)]
     subgraph.outputTensorMetadata = [location, category, score, number]
     subgraph.outputTensorGroups = [group]
     model = meta.ModelMetadataT()

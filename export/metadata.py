@@ -33,7 +33,7 @@ MIN_PARSER_VERSION = "1.0.0"
 LABELS_FILE = "labels.txt"
 
 
-def _schemas():
+def schemas():
     """(model schema, metadata schema) modules; imported lazily (no work at import time)."""
     from mediapipe.tasks.metadata import metadata_schema_py_generated as meta_fb
     from mediapipe.tasks.metadata import schema_py_generated as model_fb
@@ -76,8 +76,8 @@ class EmbeddedMetadata:
         return [line.strip() for line in raw.decode("utf-8").splitlines() if line.strip()]
 
 
-def _image_tensor_metadata(image: ImageInput):
-    _, meta = _schemas()
+def image_tensor_metadata(image: ImageInput):
+    _, meta = schemas()
     props = meta.ImagePropertiesT()
     props.colorSpace = meta.ColorSpaceType.RGB
     content = meta.ContentT()
@@ -99,7 +99,7 @@ def _image_tensor_metadata(image: ImageInput):
 
 def _labelled_tensor_metadata(name: str, description: str, labels_file: str, value_range=(0.0, 1.0)):
     """Metadata of a [1, C] score tensor whose axis is named by ``labels_file``."""
-    _, meta = _schemas()
+    _, meta = schemas()
     content = meta.ContentT()
     content.contentPropertiesType = meta.ContentProperties.FeatureProperties
     content.contentProperties = meta.FeaturePropertiesT()
@@ -117,9 +117,9 @@ def _labelled_tensor_metadata(name: str, description: str, labels_file: str, val
 
 def classifier_metadata(image: ImageInput, *, name: str, description: str, version: str):
     """A ModelMetadataT for an image classifier: image in, probabilities [1, C] out (labels.txt)."""
-    _, meta = _schemas()
+    _, meta = schemas()
     subgraph = meta.SubGraphMetadataT()
-    subgraph.inputTensorMetadata = [_image_tensor_metadata(image)]
+    subgraph.inputTensorMetadata = [image_tensor_metadata(image)]
     subgraph.outputTensorMetadata = [_labelled_tensor_metadata(
         "probability", "Softmax probabilities, one per class in labels.txt order.", LABELS_FILE)]
     model = meta.ModelMetadataT()
@@ -135,7 +135,7 @@ def attach_metadata(model_bytes: bytes, metadata, associated_files: dict[str, by
     Replaces metadata and associated files a model already had, so attaching is
     idempotent. Every associated file named in the metadata must be given.
     """
-    model_fb, _ = _schemas()
+    model_fb, _ = schemas()
     builder = flatbuffers.Builder(0)
     builder.Finish(metadata.Pack(builder), METADATA_FILE_IDENTIFIER)
     metadata_buf = bytes(builder.Output())
@@ -179,13 +179,13 @@ def _named_files(metadata) -> list[str]:
 
 def read_metadata_buffer(buf: bytes):
     """A ``M001`` metadata flatbuffer -> ModelMetadataT."""
-    _, meta = _schemas()
+    _, meta = schemas()
     return meta.ModelMetadataT.InitFromObj(meta.ModelMetadata.GetRootAsModelMetadata(buf, 0))
 
 
 def metadata_buffer(model_bytes: bytes) -> bytes | None:
     """The raw ``TFLITE_METADATA`` flatbuffer inside a .tflite, or None when there is none."""
-    model_fb, _ = _schemas()
+    model_fb, _ = schemas()
     model = model_fb.Model.GetRootAsModel(model_bytes, 0)
     for i in range(model.MetadataLength()):
         entry = model.Metadata(i)
@@ -202,7 +202,7 @@ def _text(value) -> str:
 
 def read_metadata(model_bytes: bytes) -> EmbeddedMetadata | None:
     """Metadata and associated files of a .tflite, or None when it carries no metadata."""
-    _, meta = _schemas()
+    _, meta = schemas()
     buf = metadata_buffer(model_bytes)
     if buf is None:
         return None

@@ -29,7 +29,9 @@ class PipelineConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
-def _cache(ds: tf.data.Dataset, source: Source, split: str, cfg: PipelineConfig, cache_dir: Path | None):
+def cache_split(ds: tf.data.Dataset, source: Source, split: str, cfg: PipelineConfig, cache_dir: Path | None):
+    """``ds`` (a split of decoded, resized images) cached after its first pass: in memory when the
+    split fits MEMORY_CACHE_BUDGET or there is no ``cache_dir``, else in a file under ``cache_dir``."""
     n = max(source.split_sizes.get(split, 0), 0)
     if n * cfg.image_size * cfg.image_size * 3 <= MEMORY_CACHE_BUDGET or cache_dir is None:
         return ds.cache()
@@ -54,7 +56,7 @@ def classification_dataset(
     size = cfg.image_size
     ds = source.examples(split)
     ds = ds.map(lambda ex: (preprocess_image(ex["image"], size), ex["label"]), num_parallel_calls=AUTOTUNE)
-    ds = _cache(ds, source, split, cfg, cache_dir)
+    ds = cache_split(ds, source, split, cfg, cache_dir)
     if training:
         ds = ds.shuffle(cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(cfg.batch_size, num_parallel_calls=AUTOTUNE)

@@ -33,7 +33,7 @@ import tensorflow as tf
 from models.anchors import AnchorConfig, generate_anchors
 from models.losses import pack_targets
 from models.matching import DEFAULT_IOU_THRESHOLD, encode_targets
-from pipeline.dataset import PipelineConfig, _cache
+from pipeline.dataset import PipelineConfig, cache_split
 from pipeline.preprocess import preprocess_image, to_model_input
 from pipeline.schema import Source
 
@@ -227,7 +227,7 @@ def _resized(source: Source, split: str, size: int, cache_dir: Path | None) -> t
         return out
 
     ds = source.examples(split).map(resize, num_parallel_calls=AUTOTUNE)
-    return _cache(ds, source, split, PipelineConfig(image_size=size), cache_dir)
+    return cache_split(ds, source, split, PipelineConfig(image_size=size), cache_dir)
 
 
 def target_encoder(anchors: AnchorConfig, iou_threshold: float = DEFAULT_IOU_THRESHOLD):

@@ -94,7 +94,7 @@ class TrainConfig:
         return PipelineConfig(image_size=self.image_size, batch_size=self.batch_size, augment=self.augment)
 
 
-def _prepare_folder(run: RunFolder, cfg: TrainConfig, force: bool, may_write: bool = True) -> str:
+def prepare_run_folder(run: RunFolder, cfg: TrainConfig, force: bool, may_write: bool = True) -> str:
     """Returns "new", "resume" or "done"; raises when the folder holds something else.
 
     ``may_write=False`` (a non-chief worker) reaches the same verdict without removing anything.
@@ -128,7 +128,7 @@ def _prepare_folder(run: RunFolder, cfg: TrainConfig, force: bool, may_write: bo
     return "resume"
 
 
-def _history(csv_path: Path) -> dict[str, list[float]]:
+def read_history(csv_path: Path) -> dict[str, list[float]]:
     """Per-epoch metrics from the CSV log; a resumed epoch's row replaces the earlier one."""
     if not csv_path.exists():
         return {}
@@ -141,6 +141,22 @@ def _history(csv_path: Path) -> dict[str, list[float]]:
             if k != "epoch" and any(rows[e][k] not in ("", "NA") for e in rows)]
     return {k: [float(rows[e][k]) if rows[e][k] not in ("", "NA") else float("nan") for e in sorted(rows)]
             for k in keys}
+
+
+def run_metrics(test: dict, history: dict[str, list[float]], *, train_seconds: float, model, source: Source,
+                **task_metrics) -> dict:
+    """metrics.json of a finished run, classifier or detector: the test split's scores, then
+    ``task_metrics`` (validation_accuracy, validation_loss, ...), then what every run records."""
+    return {
+        "test": test,
+        **task_metrics,
+        "epochs_run": len(history.get("loss", [])),
+        "train_seconds": train_seconds,
+        "parameters": int(model.count_params()),
+        "split_sizes": dict(source.split_sizes),
+        "skipped_samples": [asdict(s) for s in source.skipped],
+        "history": history,
+    }
 
 
 def _save_samples(run: RunFolder, source: Source, label_names) -> None:
@@ -176,7 +192,7 @@ def train_classifier(cfg: TrainConfig, source: Source, run_dir: Path, *, force: 
         strategy = distribute.select_strategy("default")
     chief = distribute.writes_run_folder(strategy)
     run = RunFolder(Path(run_dir))
-    state = _prepare_folder(run, cfg, force, may_write=chief)
+    state = prepare_run_folder(run, cfg, force, may_write=chief)
     if state == "done":
         if not chief:
             return {}
@@ -277,7 +293,7 @@ def _train(cfg: TrainConfig, source: Source, run: RunFolder, mine: RunFolder, *,
     train_seconds = time.time() - start
     if not chief:
         return {}
-    history = _history(history_csv)
+    history = read_history(history_csv)
 
     model = _float32_copy(model, cfg, len(label_names))
     test_ds = classification_dataset(source, "test", pipe, training=False, cache_dir=cache_dir)
@@ -289,16 +305,8 @@ def _train(cfg: TrainConfig, source: Source, run: RunFolder, mine: RunFolder, *,
     run.plots.mkdir(exist_ok=True)
     plot_training_curves(history, run.plots / "training_curves.png")
     plot_confusion_matrix(test["confusion_matrix"], label_names, run.plots / "confusion_matrix.png")
-    metrics = {
-        "test": test,
-        "validation_accuracy": max(history.get("val_accuracy", [float("nan")])),
-        "epochs_run": len(history.get("loss", [])),
-        "train_seconds": train_seconds,
-        "parameters": int(model.count_params()),
-        "split_sizes": dict(source.split_sizes),
-        "skipped_samples": [asdict(s) for s in source.skipped],
-        "history": history,
-    }
+    metrics = run_metrics(test, history, train_seconds=train_seconds, model=model, source=source,
+                          validation_accuracy=max(history.get("val_accuracy", [float("nan")])))
     write_training_report(run.report, config=cfg.to_dict(), metrics=metrics, label_names=label_names,
                           skipped=source.skipped)
     write_json(run.metrics, metrics)  # last: its presence marks the run complete

@@ -26,7 +26,7 @@ from models.ssd import SSDConfig
 from pipeline.detection_dataset import (DetectionAugmentConfig, DetectionPipelineConfig, detection_dataset,
                                         detection_eval_dataset)
 from pipeline.schema import Source
-from pipeline.train import _history, _prepare_folder
+from pipeline.train import prepare_run_folder, read_history, run_metrics
 
 EXAMPLE_IMAGES = 6  # test images drawn with predicted and true boxes in the report
 OPTIMIZERS = ("adam", "sgd")  # sgd: momentum 0.9
@@ -177,7 +177,7 @@ def train_detector(cfg: DetectTrainConfig, source: Source, run_dir: Path, *, for
     if source.split_sizes.get("train", 0) == 0:
         raise ConfigError(f"DATA={cfg.data}: the train split is empty")
     run = RunFolder(Path(run_dir))
-    state = _prepare_folder(run, cfg, force)
+    state = prepare_run_folder(run, cfg, force)
     if state == "done":
         metrics = json.loads(run.metrics.read_text())
         print(f"{run.root} is already trained (test mAP@.5 {metrics['test']['map50']:.3f}); FORCE=1 retrains it.")
@@ -223,7 +223,7 @@ def _train(cfg: DetectTrainConfig, source: Source, run: RunFolder, *, resuming: 
     monitor = "val_loss" if has_val else "loss"
     callbacks = [
         # The epoch's CSV row before its backup: a kill between the two re-runs that epoch, whose new
-        # row replaces the old one (_history); the other order would lose the row for good.
+        # row replaces the old one (read_history); the other order would lose the row for good.
         keras.callbacks.CSVLogger(str(history_csv), append=True),
         # double_checkpoint: a kill in the middle of saving leaves the previous epoch's backup to resume
         # from; with one copy, every rerun would fail on the half-written file.
@@ -232,9 +232,10 @@ def _train(cfg: DetectTrainConfig, source: Source, run: RunFolder, *, resuming: 
         keras.callbacks.TensorBoard(log_dir=str(run.logs), histogram_freq=0, write_graph=False),
     ]
     start = time.time()
-    model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=verbose)
+    model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=verbose,
+              shuffle=False)  # the dataset reshuffles itself, seeded
     train_seconds = time.time() - start
-    history = _history(history_csv)
+    history = read_history(history_csv)
 
     test_split = "test" if source.split_sizes.get("test", 0) > 0 else "validation"
     test_batches = detection_eval_dataset(source, test_split, cfg.image_size, cfg.batch_size, cache_dir=cache_dir)
@@ -246,17 +247,9 @@ def _train(cfg: DetectTrainConfig, source: Source, run: RunFolder, *, resuming: 
     run.plots.mkdir(exist_ok=True)
     plot_loss_curves(history, run.plots / "training_curves.png")
     examples = _plot_examples(run, source, test_split, preds, label_names)
-    metrics = {
-        "test": test,
-        "test_split": test_split,
-        "validation_loss": min(history.get("val_loss", [float("nan")])) if has_val else None,
-        "epochs_run": len(history.get("loss", [])),
-        "train_seconds": train_seconds,
-        "parameters": int(model.count_params()),
-        "split_sizes": dict(source.split_sizes),
-        "skipped_samples": [asdict(s) for s in source.skipped],
-        "history": history,
-    }
+    metrics = run_metrics(test, history, train_seconds=train_seconds, model=model, source=source,
+                          test_split=test_split,
+                          validation_loss=min(history.get("val_loss", [float("nan")])) if has_val else None)
     write_detection_report(run.report, config=cfg.to_dict(), metrics=metrics, examples=examples,
                            skipped=source.skipped)
     write_json(run.metrics, metrics)  # last: its presence marks the run complete

@@ -388,7 +388,7 @@ def load_records(folder: TuningFolder, quality_metric: str = "val_accuracy") -> 
     return records
 
 
-def _prepare_folder(run: RunFolder, folder: TuningFolder, cfg: TuneConfig, force: bool) -> str:
+def prepare_tuning_folder(run: RunFolder, folder: TuningFolder, cfg: TuneConfig, force: bool) -> str:
     """Returns "new" or "resume"; raises when RUN holds something else."""
     if run.root.exists() and not run.root.is_dir():
         raise UserError(f"{run.root}: RUN must be a folder, but a file is there")
@@ -462,7 +462,7 @@ def tune(cfg: TuneConfig, run_dir: Path, *, data_dir: Path | None = None, worker
     if cfg.task == "detect" and not source.split_sizes.get("validation"):
         raise UserError(f"DATA={cfg.data}: TASK=detect tuning ranks trials by mAP on the validation split, "
                         f"and this source has none")
-    state = _prepare_folder(run, folder, cfg, force=force and role != "worker")
+    state = prepare_tuning_folder(run, folder, cfg, force=force and role != "worker")
     write_json(folder.settings, cfg.to_dict())
     if state == "resume":
         print(f"Continuing the search in {folder.root}")

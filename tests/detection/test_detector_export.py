@@ -5,7 +5,7 @@ import pytest
 
 from export.detector_export import (OUTPUT_NAMES, POSTPROCESS_OP, anchors_center_form, implements_signature,
                                     op_names, order_detection_outputs, PostProcess)
-from export.metadata import MODEL_FILE_IDENTIFIER, _schemas, read_metadata
+from export.metadata import MODEL_FILE_IDENTIFIER, schemas, read_metadata
 from export.runtime import TFLiteModel
 from models.anchors import AnchorConfig, generate_anchors
 
@@ -15,7 +15,7 @@ def _bytes(results, mode):
 
 
 def _postprocess_outputs(model_bytes):
-    model_fb, _ = _schemas()
+    model_fb, _ = schemas()
     model = model_fb.ModelT.InitFromObj(model_fb.Model.GetRootAsModel(model_bytes, 0))
     graph = model.subgraphs[0]
     op = next(o for o in graph.operators if model.operatorCodes[o.opcodeIndex].customCode == POSTPROCESS_OP.encode())
@@ -52,17 +52,28 @@ def test_int8_has_a_uint8_camera_input_and_an_integer_body(exported):
     assert len(_bytes(results, "int8")) < 0.6 * len(_bytes(results, "float32"))
 
 
+@pytest.mark.parametrize("mode", ["float32", "int8"])
+def test_box_deltas_and_class_logits_are_taken_before_the_final_concatenation(exported, mode):
+    """Slicing the model's one concatenated output would, in int8, give the box deltas the class
+    logits' coarser scale; the exporter takes the two halves from the layer's inputs instead."""
+    _, results = exported
+    names = op_names(_bytes(results, mode))
+    assert "STRIDED_SLICE" not in names and "SLICE" not in names and "SPLIT" not in names, names
+
+
 def test_exported_models_agree_with_keras_on_their_images(exported):
     _, results = exported
-    for mode, tolerance in (("float32", 0.05), ("int8", 0.25)):
-        v = results[mode]["verify"]
-        assert v["tflite_map50"] >= v["keras_map50"] - tolerance, (mode, v)
+    # float32: the op's per-class NMS is the Keras evaluation's, so the two score the same
+    v = results["float32"]["verify"]
+    assert abs(v["tflite_map50"] - v["keras_map50"]) <= 0.01 and abs(v["tflite_map"] - v["keras_map"]) <= 0.01, v
+    v = results["int8"]["verify"]
+    assert v["tflite_map50"] >= v["keras_map50"] - 0.25, v
 
 
 def test_order_detection_outputs_fixes_a_shuffled_output_list(exported):
     _, results = exported
     data = _bytes(results, "float32")
-    model_fb, _ = _schemas()
+    model_fb, _ = schemas()
     model = model_fb.ModelT.InitFromObj(model_fb.Model.GetRootAsModel(data, 0))
     model.subgraphs[0].outputs = list(reversed(model.subgraphs[0].outputs))  # what the converter may do
     builder = flatbuffers.Builder(0)
@@ -103,5 +114,6 @@ def test_anchor_constant_and_op_attributes_come_from_the_shared_config():
     np.testing.assert_allclose(centres[:, 2:], corners[:, 2:] - corners[:, :2], atol=1e-7)
     text = implements_signature(7, PostProcess(score_threshold=0.25))
     for attr in ('key: "y_scale" value { f: 10.0 }', 'key: "h_scale" value { f: 5.0 }',
-                 'key: "num_classes" value { i: 7 }', 'key: "nms_score_threshold" value { f: 0.25 }'):
+                 'key: "num_classes" value { i: 7 }', 'key: "nms_score_threshold" value { f: 0.25 }',
+                 'key: "use_regular_nms" value { b: true }'):
         assert attr in text
