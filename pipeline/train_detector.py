@@ -58,7 +58,7 @@ class DetectTrainConfig:
     ssd: SSDConfig = field(default_factory=default_ssd)
     loss: LossConfig = field(default_factory=lambda: LossConfig(min_negatives=8))
     augment: DetectionAugmentConfig = field(default_factory=DetectionAugmentConfig)
-    epochs: int = 10  # ~25 min on 2 CPU cores for the built-in data; real datasets want EPOCHS= more
+    epochs: int = 10  # ~20 min on 2 CPU cores for the built-in data; real datasets want EPOCHS= more
     batch_size: int = 32
     learning_rate: float = 3e-3
     optimizer: str = "adam"
