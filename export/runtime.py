@@ -84,6 +84,17 @@ class TFLiteModel:
         return {d["name"]: np.dtype(d["dtype"]) for d in self.interpreter.get_tensor_details()}
 
 
+def model_labels(path: Path, metadata) -> list[str]:
+    """A .tflite's class names: its embedded labels file, else labels.txt beside it (a run folder's)."""
+    labels = metadata.labels if metadata else []
+    if labels:
+        return labels
+    labels_file = path.parent / "labels.txt"
+    if not labels_file.exists():
+        raise UserError(f"{path}: the model has no embedded labels and {labels_file} does not exist")
+    return [line.strip() for line in labels_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 class TFLiteClassifier:
     """An exported classifier, run exactly as a phone would run it.
 
@@ -96,13 +107,7 @@ class TFLiteClassifier:
         self.path = Path(path)
         self.image_size = self.model.image_size
         self.metadata = read_metadata(self.model.model_bytes)
-        labels = self.metadata.labels if self.metadata else []
-        if not labels:
-            labels_file = self.path.parent / "labels.txt"
-            if not labels_file.exists():
-                raise UserError(f"{self.path}: the model has no embedded labels and {labels_file} does not exist")
-            labels = [line.strip() for line in labels_file.read_text(encoding="utf-8").splitlines() if line.strip()]
-        self.label_names = labels
+        self.label_names = model_labels(self.path, self.metadata)
 
     def predict_image(self, image: np.ndarray) -> np.ndarray:
         """Raw uint8 [H, W, 3] RGB -> float32 [C] probabilities (resized by the shared preprocessing)."""

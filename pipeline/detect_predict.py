@@ -53,7 +53,7 @@ class TFLiteDetector:
 
     def __init__(self, path: str | Path, threads: int = 1, score_threshold: float = 0.0):
         from export.metadata import read_metadata
-        from export.runtime import TFLiteModel
+        from export.runtime import TFLiteModel, model_labels
 
         self.path = Path(path)
         self.model = TFLiteModel(self.path, threads=threads)
@@ -63,14 +63,7 @@ class TFLiteDetector:
         if len(shapes) != 4 or len(shapes[0]) != 3 or shapes[0][-1] != 4 or len(shapes[3]) != 1:
             raise UserError(f"{self.path}: not a detector with outputs boxes, classes, scores, count "
                             f"(output shapes {shapes})")
-        metadata = read_metadata(self.model.model_bytes)
-        labels = metadata.labels if metadata else []
-        if not labels:
-            labels_file = self.path.parent / "labels.txt"
-            if not labels_file.exists():
-                raise UserError(f"{self.path}: the model has no embedded labels and {labels_file} does not exist")
-            labels = [line.strip() for line in labels_file.read_text(encoding="utf-8").splitlines() if line.strip()]
-        self.label_names = labels
+        self.label_names = model_labels(self.path, read_metadata(self.model.model_bytes))
 
     def detect_batch(self, images: np.ndarray) -> list[dict]:
         out = []
