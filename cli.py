@@ -92,9 +92,9 @@ def _parser() -> argparse.ArgumentParser:
 def cmd_train(args) -> None:
     from dataclasses import replace
 
-    from pipeline.distribute import resolve_precision, select_strategy
-    from pipeline.sources import open_source
-    from pipeline.train import TrainConfig, train_classifier
+    from pipeline.training.distribute import resolve_precision, select_strategy
+    from pipeline.sources.specs import open_source
+    from pipeline.training.classifier import TrainConfig, train_classifier
 
     if args.task == "detect":
         return _train_detector(args)
@@ -118,7 +118,7 @@ def cmd_train(args) -> None:
                   precision=resolve_precision(args.precision), **changes)
     source = open_source(args.data, args.task, data_dir=args.data_dir, seed=args.seed, skip_bad=args.skip_bad)
     if args.workers > 1:  # the data is prepared (above) once, before the workers start
-        from pipeline.multiworker import launch_local_workers
+        from pipeline.training.multiworker import launch_local_workers
 
         code = launch_local_workers(args.argv, args.workers, args.run)
         if code:
@@ -130,8 +130,8 @@ def cmd_train(args) -> None:
 def _train_detector(args) -> None:
     from dataclasses import replace
 
-    from pipeline.sources import open_source
-    from pipeline.train_detector import DetectTrainConfig, train_detector
+    from pipeline.sources.specs import open_source
+    from pipeline.training.detector import DetectTrainConfig, train_detector
 
     if args.workers > 1 or args.strategy not in ("auto", "default") or args.precision != "float32":
         raise UserError("TASK=detect trains on one worker in float32 for now (no STRATEGY=, PRECISION=, WORKERS=)")
@@ -168,7 +168,7 @@ def _run_task(run_dir: Path | None, model: Path | None) -> str:
 
 def _eval_detector(args) -> None:
     from common.run_folder import RunFolder, write_json
-    from pipeline.detect_predict import evaluate_detection_run
+    from pipeline.evaluation.detect_predict import evaluate_detection_run
 
     result = evaluate_detection_run(args.run, model_path=args.model, data=args.data, data_dir=args.data_dir,
                                     split=args.split)
@@ -182,10 +182,10 @@ def _eval_detector(args) -> None:
 def cmd_eval(args) -> None:
     from common.run_folder import RunFolder, write_json
     from pipeline.dataset import classification_dataset
-    from pipeline.evaluate import classification_metrics, predict_dataset
-    from pipeline.predict import load_classifier
-    from pipeline.sources import open_source
-    from pipeline.train import TrainConfig
+    from pipeline.evaluation.classification import classification_metrics, predict_dataset
+    from pipeline.evaluation.predict import load_classifier
+    from pipeline.sources.specs import open_source
+    from pipeline.training.classifier import TrainConfig
 
     run = RunFolder(args.run)
     run.require_model()
@@ -217,7 +217,7 @@ def cmd_eval(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    from pipeline.predict import default_image, format_table, load_classifier, predict_file
+    from pipeline.evaluation.predict import default_image, format_table, load_classifier, predict_file
 
     from common.run_folder import RunFolder
 
@@ -231,7 +231,7 @@ def cmd_predict(args) -> None:
             raise UserError("predict needs IMAGE=path/to/image")
         image = default_image(args.run)
     if _run_task(args.run, args.model) == "detect":
-        from pipeline.detect_predict import format_detection_table, load_detector, predict_detections
+        from pipeline.evaluation.detect_predict import format_detection_table, load_detector, predict_detections
 
         detector = load_detector(args.run, args.model)
         out_png = (args.run if args.run is not None else Path("runs")) / "predictions" / f"{Path(image).stem}.png"
@@ -248,7 +248,7 @@ def cmd_predict(args) -> None:
 
 def cmd_export(args) -> None:
     if _run_task(args.run, None) == "detect":
-        from export.detector_export import DETECTOR_MODES, export_detector
+        from export.detector_convert import DETECTOR_MODES, export_detector
 
         modes = DETECTOR_MODES if args.quant == "all" else tuple(m.strip() for m in args.quant.split(","))
         unknown = [m for m in modes if m not in DETECTOR_MODES]

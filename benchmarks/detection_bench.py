@@ -52,7 +52,7 @@ def measure_consumption(source, cfg, steps: int = 15) -> dict:
     import tensorflow as tf
 
     from pipeline.detection_dataset import detection_dataset
-    from pipeline.train_detector import build_detector
+    from pipeline.training.detector import build_detector
 
     x, y = next(iter(detection_dataset(source, "validation", cfg.ssd.anchors, cfg.pipeline(), training=False)))
     model = build_detector(cfg, source.num_classes, steps_per_epoch=100)
@@ -66,8 +66,8 @@ def measure_consumption(source, cfg, steps: int = 15) -> dict:
 
 
 def _tflite_test_metrics(path: Path, source, cfg, labels) -> dict:
-    from pipeline.coco_eval import evaluate_detector
-    from pipeline.detect_predict import TFLiteDetector
+    from pipeline.evaluation.coco_eval import evaluate_detector
+    from pipeline.evaluation.detect_predict import TFLiteDetector
     from pipeline.detection_dataset import detection_eval_dataset
 
     batches = detection_eval_dataset(source, "test", cfg.image_size, 32)
@@ -78,10 +78,10 @@ def _tflite_test_metrics(path: Path, source, cfg, labels) -> dict:
 def run_detection_benchmark(out_dir: Path, minutes: float = 30, *, data: str = "shapes",
                             data_dir: Path | None = None, seed: int = 0) -> dict:
     """Train, export and measure; writes OUT/detection_bench.json and .md. Returns the results."""
-    from export.detector_export import export_detector
+    from export.detector_convert import export_detector
     from export.runtime import measure_latency
-    from pipeline.sources import open_source
-    from pipeline.train_detector import DetectTrainConfig, train_detector
+    from pipeline.sources.specs import open_source
+    from pipeline.training.detector import DetectTrainConfig, train_detector
 
     begin = time.time()
     out_dir = Path(out_dir)

@@ -6,10 +6,10 @@ The detector benchmark measures int8 slower than float32 on this CPU, while the
 target is int8 <= 0.5x. Whole-model latency cannot say whether the int8 kernels,
 the quantize/dequantize glue, the float TFLite_Detection_PostProcess op or our
 export settings are to blame, so this probe measures each part separately, on
-the default detector (``pipeline.train_detector.default_ssd``, untrained: weights
+the default detector (``pipeline.training.detector.default_ssd``, untrained: weights
 do not change how long an op takes; its class heads are biased to background so
 that the post-processing op sees a trained model's few candidates) converted by
-``export.detector_export``:
+``export.detector_convert``:
 
 1. whole models, float32 vs int8, at 1 and 2 threads: the detector as exported,
    and its body alone (``export.convert.convert_keras``, no post-processing op);
@@ -67,7 +67,7 @@ def _untrained_detector():
     few anchors pass (18 detections on a test image, for one trained 4 epochs); the bias gives
     the untrained model that cost. ``postprocess_cost`` measures the op against the count.
     """
-    from pipeline.train_detector import DetectTrainConfig, build_detector
+    from pipeline.training.detector import DetectTrainConfig, build_detector
 
     cfg = DetectTrainConfig()
     model = build_detector(cfg, num_classes=NUM_CLASSES, steps_per_epoch=10)
@@ -92,7 +92,7 @@ def _convert_int8_with(model, cfg, calibration, tweak) -> bytes:
     """
     import tensorflow as tf
 
-    from export import detector_export as de
+    from export import detector_convert as de
 
     post = de.PostProcess(score_threshold=cfg.score_threshold, iou_threshold=cfg.nms_iou,
                           max_detections=cfg.max_detections)
@@ -119,7 +119,7 @@ def export_models(model, cfg, calibration) -> dict[str, bytes]:
     """name -> .tflite bytes: the detector and its body (no post-processing op), float32 and int8,
     and the int8 detector under two other converter settings."""
     from export.convert import convert_keras
-    from export.detector_export import PostProcess, convert_detector
+    from export.detector_convert import PostProcess, convert_detector
 
     post = PostProcess(score_threshold=cfg.score_threshold, iou_threshold=cfg.nms_iou,
                        max_detections=cfg.max_detections)
@@ -323,7 +323,7 @@ def postprocess_cost(detector_bytes: bytes, candidates=CANDIDATES, rounds: int =
                      threshold: float = 0.01) -> list[dict]:
     """Microseconds of the TFLite_Detection_PostProcess op alone, fed random box deltas and
     scores where exactly ``n`` anchors have a class score above ``threshold`` (the rest are background)."""
-    from export.detector_export import POSTPROCESS_OP
+    from export.detector_convert import POSTPROCESS_OP
 
     row = next(r for r in one_op_models(detector_bytes) if r["op"] == POSTPROCESS_OP)
     interp, _ = _ready(row["bytes"])
@@ -351,7 +351,7 @@ def postprocess_cost(detector_bytes: bytes, candidates=CANDIDATES, rounds: int =
 def run_detector_int8_profile(out_dir: Path, *, rounds: int = 15, runs: int = 30) -> dict:
     """Export, time and profile; writes OUT/detector_int8_profile.json and .md. Returns the results."""
     from benchmarks.int8_kernels import cpu_flags
-    from export.detector_export import POSTPROCESS_OP
+    from export.detector_convert import POSTPROCESS_OP
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ WARMUP_STEPS = 5
 
 def _worker(precision: str, steps: int, out: Path) -> None:
     """One benchmark worker (multi-worker when TF_CONFIG is set); the chief writes images/s to ``out``."""
-    from pipeline import distribute
+    from pipeline.training import distribute
 
     strategy = distribute.select_strategy("multiworker" if distribute.read_tf_config() else "default")
     import keras
@@ -58,7 +58,7 @@ def _worker(precision: str, steps: int, out: Path) -> None:
 
 
 def _case(workers: int, precision: str, steps: int) -> dict:
-    from pipeline.multiworker import run_workers
+    from pipeline.training.multiworker import run_workers
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
@@ -78,7 +78,7 @@ def _case(workers: int, precision: str, steps: int) -> dict:
 
 def run_distribute_benchmark(out_dir: Path, *, steps: int = 30) -> dict:
     """Measure every case this machine can run; write distribute.json and distribute.md to ``out_dir``."""
-    from pipeline import distribute
+    from pipeline.training import distribute
 
     gpus = len(distribute.visible_gpus())
     cases = [(1, "float32"), (2, "float32")]

@@ -68,8 +68,8 @@ def run_pipeline_benchmark(data: str, out_dir: Path, *, data_dir: Path | None = 
 
     from models.cnn import build_cnn
     from pipeline.dataset import PipelineConfig, classification_dataset
-    from pipeline.sources import open_source
-    from pipeline.train import TrainConfig
+    from pipeline.sources.specs import open_source
+    from pipeline.training.classifier import TrainConfig
 
     source = open_source(data, "classify", data_dir=data_dir)
     defaults = TrainConfig()
@@ -99,7 +99,7 @@ def run_pipeline_benchmark(data: str, out_dir: Path, *, data_dir: Path | None = 
 
     print("3/3 naive Python generator ...")
     if data.split(":")[0] == "shapes":
-        from pipeline.shapes_builder import make_builder, shapes_config
+        from pipeline.sources.shapes_builder import make_builder, shapes_config
 
         builder = make_builder(shapes_config("classify"), data_dir=str(data_dir) if data_dir else None)
         raw = builder.as_dataset(split="train", decoders={"image": tfds.decode.SkipDecoding()})

@@ -16,8 +16,8 @@ ORDER = ("pipeline", "export", "tuning", "detection", "detector-int8", "distribu
 
 def _ensure_trained_run(run_dir: Path, data_dir: Path | None) -> Path:
     """The export benchmark measures a real model: train the default one once if missing."""
-    from pipeline.sources import open_source
-    from pipeline.train import TrainConfig, train_classifier
+    from pipeline.sources.specs import open_source
+    from pipeline.training.classifier import TrainConfig, train_classifier
 
     cfg = TrainConfig()
     train_classifier(cfg, open_source(cfg.data, data_dir=data_dir), run_dir)

@@ -36,7 +36,7 @@ def run_tuning_memory_benchmark(out_dir, trials: int = 8, data_dir: Path | None 
 
     Returns {"rss_mb": [...per trial], "growth_mb_per_trial": slope from trial 2 on, "flat": bool, ...}.
     """
-    from pipeline.sources import open_source
+    from pipeline.sources.specs import open_source
     from tuning.search import TuneConfig, TuningFolder, prepare_tuning_folder, run_trials
     from tuning.space import SearchSpace
     from common.run_folder import RunFolder

@@ -99,10 +99,10 @@ class ExportData:
     """Everything export needs from the run folder and its data."""
 
     run: RunFolder
-    train_cfg: object  # pipeline.train.TrainConfig
+    train_cfg: object  # pipeline.training.classifier.TrainConfig
     labels: list[str]
     model: object  # Keras 3 model
-    source: object  # pipeline.schema.Source
+    source: object  # pipeline.sources.schema.Source
     calibration: list[np.ndarray]  # float32 [1, S, S, 3] each
     test_images: np.ndarray  # float32 [N, S, S, 3]
     test_labels: np.ndarray  # int32 [N]
@@ -147,8 +147,8 @@ def load_export_data(run_dir: Path, calib: int, *, data_dir: Path | None = None)
     import keras
 
     from pipeline.dataset import classification_dataset
-    from pipeline.sources import open_source
-    from pipeline.train import TrainConfig
+    from pipeline.sources.specs import open_source
+    from pipeline.training.classifier import TrainConfig
 
     run = RunFolder(Path(run_dir))
     run.require_model()

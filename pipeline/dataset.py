@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from pipeline.augment import AugmentConfig, augment_batch
 from pipeline.preprocess import preprocess_image, to_model_input
-from pipeline.schema import Source
+from pipeline.sources.schema import Source
 
 AUTOTUNE = tf.data.AUTOTUNE
 MEMORY_CACHE_BUDGET = 2 << 30  # bytes of resized uint8 pixels we are willing to hold per split

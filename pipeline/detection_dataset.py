@@ -35,7 +35,7 @@ from models.losses import pack_targets
 from models.matching import DEFAULT_IOU_THRESHOLD, encode_targets
 from pipeline.dataset import PipelineConfig, cache_split
 from pipeline.preprocess import preprocess_image, to_model_input
-from pipeline.schema import Source
+from pipeline.sources.schema import Source
 
 AUTOTUNE = tf.data.AUTOTUNE
 

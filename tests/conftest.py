@@ -19,6 +19,6 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_shapes(data_dir):
     """A small classification variant of the built-in data (32x32 images)."""
-    from pipeline.sources import open_source
+    from pipeline.sources.specs import open_source
 
     return open_source(TINY_SHAPES, "classify", data_dir=data_dir)

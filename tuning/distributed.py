@@ -110,7 +110,7 @@ def _main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     from common.run_folder import read_json
-    from pipeline.sources import open_source
+    from pipeline.sources.specs import open_source
     from tuning.search import TuneConfig, TuningFolder, run_trials
 
     folder = TuningFolder(args.tuning_dir)

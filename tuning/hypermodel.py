@@ -114,7 +114,7 @@ class SSDHyperModel(keras_tuner.HyperModel):
 
     def trial_config(self, hp):
         """The DetectTrainConfig of this trial: its SSD and learning rate, the search's epochs."""
-        from pipeline.train_detector import default_ssd
+        from pipeline.training.detector import default_ssd
         from tuning.space import sample_ssd_config
 
         sample_ssd_config(hp, self.tune_cfg.space, default_ssd())  # Keras Tuner learns the space from these calls
@@ -123,7 +123,7 @@ class SSDHyperModel(keras_tuner.HyperModel):
     def build(self, hp):
         import math
 
-        from pipeline.train_detector import build_detector
+        from pipeline.training.detector import build_detector
 
         cfg = self.trial_config(hp)
         steps = max(1, math.ceil(self.train_source.split_sizes["train"] / cfg.batch_size))
@@ -132,11 +132,11 @@ class SSDHyperModel(keras_tuner.HyperModel):
     def fit(self, hp, model, *args, **kwargs):
         import psutil
 
-        from export.detector_export import PostProcess, convert_detector
+        from export.detector_convert import PostProcess, convert_detector
         from export.runtime import measure_latency
-        from pipeline.coco_eval import evaluate_detector
+        from pipeline.evaluation.coco_eval import evaluate_detector
         from pipeline.detection_dataset import detection_dataset, detection_eval_dataset
-        from pipeline.train_detector import keras_detect_fn
+        from pipeline.training.detector import keras_detect_fn
 
         start = time.perf_counter()
         cfg = self.trial_config(hp)

@@ -113,7 +113,7 @@ def _plots(records: list[TrialRecord], cfg: ObjectiveConfig, space, plots: Path)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pipeline.report import save_figure
+    from pipeline.evaluation.report import save_figure
 
     plots.mkdir(parents=True, exist_ok=True)
     q = cfg.quality

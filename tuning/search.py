@@ -12,7 +12,7 @@ Order of work, chosen so that a kill at any point is safe to rerun:
 3. search: Keras Tuner's oracle and trial store, saved atomically after every change.
    A trial killed half-way is rerun from its start; finished trials are never rerun;
 4. write the report from the trial store;
-5. retrain the best configuration on the full train split with pipeline.train into RUN
+5. retrain the best configuration on the full train split with pipeline.training.classifier into RUN
    (model.keras, labels.txt, config.json, metrics.json, ...), resumable like `make train`;
 6. write the report again, now with the retrained model's test accuracy.
 
@@ -49,7 +49,7 @@ FINAL_MODEL_FILES = ("config.json", "labels.txt", "model.keras", "metrics.json",
 FINAL_MODEL_DIRS = ("plots", "samples", "logs", ".resume")
 
 if TYPE_CHECKING:
-    from pipeline.schema import Source
+    from pipeline.sources.schema import Source
 
 
 @dataclass(frozen=True)
@@ -124,8 +124,8 @@ class TuneConfig:
         return d
 
     def train_config(self, hyperparameters: dict, *, epochs: int | None = None):
-        """The `make train` config of a trial's hyperparameters: pipeline.train's TrainConfig
-        (classify) or pipeline.train_detector's DetectTrainConfig (detect).
+        """The `make train` config of a trial's hyperparameters: pipeline.training.classifier's TrainConfig
+        (classify) or pipeline.training.detector's DetectTrainConfig (detect).
 
         epochs: None for the retrain on the full data (final_epochs, or `make train`'s default).
         """
@@ -134,14 +134,14 @@ class TuneConfig:
         hp = keras_tuner.HyperParameters()
         hp.values.update(hyperparameters)
         if self.task == "detect":
-            from pipeline.train_detector import DetectTrainConfig, default_ssd
+            from pipeline.training.detector import DetectTrainConfig, default_ssd
             from tuning.space import sample_ssd_config
 
             ssd, learning_rate = sample_ssd_config(hp, self.space, default_ssd())
             return DetectTrainConfig(data=self.data, ssd=ssd, learning_rate=learning_rate, batch_size=self.batch_size,
                                      seed=self.seed, epochs=epochs or self.final_epochs or DetectTrainConfig.epochs)
 
-        from pipeline.train import TrainConfig
+        from pipeline.training.classifier import TrainConfig
         from tuning.space import sample_cnn_config
 
         cnn, learning_rate = sample_cnn_config(hp, self.space)
@@ -349,7 +349,7 @@ def run_trials(cfg: TuneConfig, source: Source, folder: TuningFolder, *, verbose
         return
 
     from pipeline.dataset import classification_dataset
-    from pipeline.train import TrainConfig
+    from pipeline.training.classifier import TrainConfig
     from tuning.hypermodel import CNNHyperModel
 
     pipe = TrainConfig(data=cfg.data, image_size=cfg.image_size, batch_size=cfg.batch_size).pipeline()
@@ -432,10 +432,10 @@ def retrain_best(cfg: TuneConfig, best: TrialRecord, source: Source, run: RunFol
     if not run.config.exists():
         write_json(run.config, train_cfg.to_dict())
     if cfg.task == "detect":
-        from pipeline.train_detector import train_detector
+        from pipeline.training.detector import train_detector
 
         return train_detector(train_cfg, source, run.root, verbose=2 if verbose else 0)
-    from pipeline.train import train_classifier
+    from pipeline.training.classifier import train_classifier
 
     return train_classifier(train_cfg, source, run.root, verbose=2 if verbose else 0)
 
@@ -447,7 +447,7 @@ def tune(cfg: TuneConfig, run_dir: Path, *, data_dir: Path | None = None, worker
     Roles: with KERASTUNER_TUNER_ID set this process is one member of a cluster started by
     hand (see README); with ``workers`` > 0 it starts a chief and that many workers here.
     """
-    from pipeline.sources import open_source
+    from pipeline.sources.specs import open_source
     from tuning import distributed
     from tuning.report import write_report
 

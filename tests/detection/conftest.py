@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from models.anchors import AnchorConfig
 from models.ssd import SSDConfig
-from pipeline.schema import Source, detection_element_spec
+from pipeline.sources.schema import Source, detection_element_spec
 
 OVERFIT_DATA = "shapes:train=8,validation=4,test=4,size=64"
 TRAIN_REPEATS = 6
@@ -53,7 +53,7 @@ def rectangle_image(size: int, box, value=255) -> np.ndarray:
 def overfit_source(data_dir):
     """8 shapes images (64 px); test is the same 8 images; train repeats them 6 times, so one
     epoch is 6 steps (per-epoch checkpointing would otherwise dominate); no validation split."""
-    from pipeline.sources import open_source
+    from pipeline.sources.specs import open_source
 
     shapes = open_source(OVERFIT_DATA, "detect", data_dir=data_dir)
     return replace(shapes, split_sizes={"train": 8 * TRAIN_REPEATS, "validation": 0, "test": 8},
@@ -64,7 +64,7 @@ def overfit_source(data_dir):
 def trained_detector(tmp_path_factory, overfit_source):
     """(run folder, metrics, config) of a tiny detector overfit on 8 images."""
     from pipeline.detection_dataset import NO_AUGMENT
-    from pipeline.train_detector import DetectTrainConfig, train_detector
+    from pipeline.training.detector import DetectTrainConfig, train_detector
 
     cfg = DetectTrainConfig(data=OVERFIT_DATA, ssd=TINY_SSD, augment=NO_AUGMENT, epochs=6, batch_size=8,
                             learning_rate=1e-2, patience=6)
@@ -76,7 +76,7 @@ def trained_detector(tmp_path_factory, overfit_source):
 @pytest.fixture(scope="session")
 def exported(trained_detector, overfit_source):
     """(run, export_detector's results) for RUN/export/detector-{float32,int8}.tflite, verified on export."""
-    from export.detector_export import export_detector
+    from export.detector_convert import export_detector
 
     run, _, _ = trained_detector
     return run, export_detector(run, ("float32", "int8"), source=overfit_source, calibration_images=8,

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from pipeline.coco_eval import coco_metrics
+from pipeline.evaluation.coco_eval import coco_metrics
 
 NAMES = ("cat", "dog")
 GT = [{"boxes": np.array([[0.0, 0.0, 0.4, 0.4]], np.float32), "labels": np.array([0])},

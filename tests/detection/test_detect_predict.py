@@ -4,8 +4,8 @@ import pytest
 from PIL import Image
 
 from common.errors import UserError
-from pipeline.detect_predict import (detection_rows, format_detection_table, load_detector, predict_detections)
-from pipeline.images import load_rgb
+from pipeline.evaluation.detect_predict import (detection_rows, format_detection_table, load_detector, predict_detections)
+from pipeline.sources.images import load_rgb
 
 
 def _iou(a, b):
@@ -69,7 +69,7 @@ def test_missing_model_is_a_user_error(tmp_path):
 
 
 def test_evaluate_run_reproduces_training_metrics_for_keras_and_scores_the_tflite(exported, trained_detector, data_dir):
-    from pipeline.detect_predict import evaluate_detection_run
+    from pipeline.evaluation.detect_predict import evaluate_detection_run
 
     run, results = exported
     _, metrics, _ = trained_detector

@@ -3,7 +3,7 @@ import flatbuffers
 import numpy as np
 import pytest
 
-from export.detector_export import (OUTPUT_NAMES, POSTPROCESS_OP, anchors_center_form, implements_signature,
+from export.detector_convert import (OUTPUT_NAMES, POSTPROCESS_OP, anchors_center_form, implements_signature,
                                     op_names, order_detection_outputs, PostProcess)
 from export.metadata import MODEL_FILE_IDENTIFIER, schemas, read_metadata
 from export.runtime import TFLiteModel

@@ -51,7 +51,7 @@ def _env() -> dict[str, str]:
 
 def _train_until_checkpointed_then_kill(run: Path, data_dir: Path, log: Path, epochs: int) -> None:
     """Start training in a child process, SIGKILL it as soon as ``epochs`` epochs are backed up."""
-    from pipeline.sources import open_source
+    from pipeline.sources.specs import open_source
 
     open_source(DATA, "detect", data_dir=data_dir)  # prepared here, once; the children only read it
     metadata = run / ".resume" / "backup" / "training_metadata.json"

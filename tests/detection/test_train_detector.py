@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from common.errors import ConfigError, UserError
-from pipeline.train_detector import DetectTrainConfig, train_detector
+from pipeline.training.detector import DetectTrainConfig, train_detector
 
 
 def test_overfit_detector_finds_the_boxes_of_its_training_images(trained_detector):

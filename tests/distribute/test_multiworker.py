@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from models.cnn import CNNConfig
-from pipeline.train import TrainConfig, train_classifier
+from pipeline.training.classifier import TrainConfig, train_classifier
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = "shapes:train=200,validation=40,test=40,size=32"
@@ -49,7 +49,7 @@ def _worker(launcher: subprocess.Popen, index: int):
 
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory, data_dir):
-    from pipeline.sources import open_source
+    from pipeline.sources.specs import open_source
 
     open_source(DATA, data_dir=data_dir)  # prepared once, before any worker starts
     base = tmp_path_factory.mktemp("multiworker")

@@ -10,8 +10,8 @@ import tensorflow as tf
 
 from common.errors import ConfigError, UserError
 from models.cnn import CNNConfig
-from pipeline import distribute
-from pipeline.train import TrainConfig, _build_model, train_classifier
+from pipeline.training import distribute
+from pipeline.training.classifier import TrainConfig, _build_model, train_classifier
 
 DATA = "shapes:train=200,validation=40,test=40,size=32"  # the variant test_multiworker uses
 TINY_CNN = CNNConfig(filters=(8, 16), hidden_units=(32,), dropout=0.0)
@@ -57,7 +57,7 @@ def test_float32_config_is_unchanged_on_disk():
 
 @pytest.fixture(scope="module")
 def mixed_run(tmp_path_factory, data_dir):
-    from pipeline.sources import open_source
+    from pipeline.sources.specs import open_source
 
     source = open_source(DATA, data_dir=data_dir)
     cfg = TrainConfig(data=DATA, image_size=32, batch_size=32, epochs=2, learning_rate=3e-3, cnn=TINY_CNN,

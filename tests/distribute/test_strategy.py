@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from common.errors import ConfigError
-from pipeline import distribute, multiworker
+from pipeline.training import distribute, multiworker
 
 TWO_WORKERS = {"cluster": {"worker": ["127.0.0.1:2001", "127.0.0.1:2002"]}, "task": {"type": "worker", "index": 0}}
 

@@ -28,8 +28,8 @@ def tiny_run(tmp_path_factory, export_data_dir):
     from models.cnn import CNNConfig, build_cnn
     from pipeline.augment import AugmentConfig
     from pipeline.dataset import classification_dataset
-    from pipeline.sources import open_source
-    from pipeline.train import TrainConfig
+    from pipeline.sources.specs import open_source
+    from pipeline.training.classifier import TrainConfig
 
     cfg = TrainConfig(data=EXPORT_SHAPES, image_size=32, batch_size=32, epochs=12, seed=0,
                       cnn=CNNConfig(filters=(8, 16), hidden_units=(32,), dropout=0.0),

@@ -34,7 +34,7 @@ def test_export_writes_models_card_and_report(exported):
 def test_predict_runs_the_exported_model(exported, export_data):
     from PIL import Image
 
-    from pipeline.predict import load_classifier, predict_file
+    from pipeline.evaluation.predict import load_classifier, predict_file
 
     out, _ = exported
     image_path = out.parent / "sample.png"

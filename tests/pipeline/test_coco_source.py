@@ -5,8 +5,8 @@ import pytest
 from PIL import Image
 
 from common.errors import ConfigError, DataError
-from pipeline.coco_source import coco_box_to_normalized, coco_split_files
-from pipeline.sources import open_source
+from pipeline.sources.coco_source import coco_box_to_normalized, coco_split_files
+from pipeline.sources.specs import open_source
 
 W, H = 20, 10  # every fixture image: 20 wide, 10 high
 # ids need not be contiguous nor sorted: sorted by id -> cat (1) = 0, dog (3) = 1, bird (7) = 2

@@ -3,8 +3,8 @@ import pytest
 from PIL import Image
 
 from common.errors import ConfigError, DataError
-from pipeline.folder_source import open_folder
-from pipeline.sources import open_source
+from pipeline.sources.folder_source import open_folder
+from pipeline.sources.specs import open_source
 
 
 def _tree(root, classes=("cat", "dog"), per_class=10, size=(12, 10)):

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from common.errors import DataError
-from pipeline.images import load_rgb
+from pipeline.sources.images import load_rgb
 
 
 def _save(path, img, **kw):

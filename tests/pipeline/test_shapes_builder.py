@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from pipeline import shapes_render
-from pipeline.shapes_builder import make_builder, render_example, shapes_config
+from pipeline.sources import shapes_render
+from pipeline.sources.shapes_builder import make_builder, render_example, shapes_config
 
 
 def test_same_seed_same_pixels_and_other_seed_differs():

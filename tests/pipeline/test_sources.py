@@ -2,7 +2,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from common.errors import ConfigError, DataError
-from pipeline.sources import _tfds_splits, open_source
+from pipeline.sources.specs import _tfds_splits, open_source
 
 
 def test_tfds_by_name_through_mock_data(tmp_path):

@@ -11,8 +11,8 @@ import pytest
 
 import cli
 from models.cnn import CNNConfig
-from pipeline.sources import open_source
-from pipeline.train import TrainConfig, train_classifier
+from pipeline.sources.specs import open_source
+from pipeline.training.classifier import TrainConfig, train_classifier
 
 ROOT = Path(__file__).resolve().parents[2]
 E2E_DATA = "shapes:train=900,validation=150,test=210,size=32"

@@ -3,8 +3,8 @@ import pytest
 from PIL import Image
 
 from common.errors import ConfigError, DataError
-from pipeline.sources import open_source
-from pipeline.voc_source import seeded_split, voc_box_to_normalized
+from pipeline.sources.specs import open_source
+from pipeline.sources.voc_source import seeded_split, voc_box_to_normalized
 
 W, H = 20, 10  # every fixture image: 20 wide, 10 high
 

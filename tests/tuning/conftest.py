@@ -14,7 +14,7 @@ TINY_DATA = "shapes:train=120,validation=40,test=40,size=32"
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory) -> Path:
     """A tfds data dir with the tiny shapes variant prepared once (subprocesses reuse it)."""
-    from pipeline.sources import open_source
+    from pipeline.sources.specs import open_source
 
     data_dir = tmp_path_factory.mktemp("tune_tfds")
     open_source(TINY_DATA, "classify", data_dir=data_dir)

@@ -48,7 +48,7 @@ def test_three_trial_search_writes_a_complete_report(tmp_path, tiny_args):
     events = list((tuning / "tensorboard").rglob("events.out.tfevents.*"))
     assert len(events) == 1 + 3  # the experiment config, one run per trial
 
-    # The best configuration, retrained with pipeline.train, is the run folder's model.
+    # The best configuration, retrained with pipeline.training.classifier, is the run folder's model.
     folder = RunFolder(run)
     assert folder.is_complete() and folder.labels.exists()
     assert folder.read_config()["cnn"] == best["cnn"]

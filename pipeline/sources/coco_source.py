@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import ConfigError, DataError
-from pipeline.schema import SPLITS, Skipped, Source
-from pipeline.annotation_files import (
+from pipeline.sources.schema import SPLITS, Skipped, Source
+from pipeline.sources.annotation_files import (
     HOLDOUT, Annotated, detection_source, image_size, keep_or_skip, parallel, parse_options, seeded_split, split_spec,
 )
 

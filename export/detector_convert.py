@@ -349,11 +349,11 @@ def export_detector(run_dir: Path, modes: Iterable[str] = DETECTOR_MODES, *, dat
     those images). Returns {mode: {"path", "bytes", "verify": {...}}}.
     """
     from common.run_folder import RunFolder, write_bytes, write_json
-    from pipeline.coco_eval import evaluate_detector
-    from pipeline.detect_predict import TFLiteDetector
+    from pipeline.evaluation.coco_eval import evaluate_detector
+    from pipeline.evaluation.detect_predict import TFLiteDetector
     from pipeline.detection_dataset import detection_eval_dataset
-    from pipeline.sources import open_source
-    from pipeline.train_detector import DetectTrainConfig, keras_detect_fn, load_detector_model
+    from pipeline.sources.specs import open_source
+    from pipeline.training.detector import DetectTrainConfig, keras_detect_fn, load_detector_model
 
     run = RunFolder(Path(run_dir))
     model_path = run.require_model()

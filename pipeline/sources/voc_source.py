@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import ConfigError, DataError
-from pipeline.images import IMAGE_EXTENSIONS
-from pipeline.annotation_files import (
+from pipeline.sources.images import IMAGE_EXTENSIONS
+from pipeline.sources.annotation_files import (
     HOLDOUT, Annotated, detection_source, image_size, keep_or_skip, parallel, parse_options,
     seeded_split, split_spec,
 )
-from pipeline.schema import SPLITS, Skipped, Source
+from pipeline.sources.schema import SPLITS, Skipped, Source
 
 _VOC_SPLIT_FILES = {"train": "train", "validation": "val", "test": "test"}
 

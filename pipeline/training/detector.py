@@ -1,7 +1,7 @@
 """Training an SSD detector into a run folder, resumable after a kill.
 
 The same order of work, and the same run-folder artifacts, as the classifier
-(``pipeline.train``): validate the data, decide new / resume / done, train with
+(``pipeline.training.classifier``): validate the data, decide new / resume / done, train with
 BackupAndRestore in RUN/.resume, then write model.keras, labels.txt,
 config.json, report.md (+ plots/, samples/) atomically and metrics.json last.
 metrics.json holds COCO box metrics of the test split instead of accuracy.
@@ -25,8 +25,8 @@ from models.losses import LossConfig
 from models.ssd import SSDConfig
 from pipeline.detection_dataset import (DetectionAugmentConfig, DetectionPipelineConfig, detection_dataset,
                                         detection_eval_dataset)
-from pipeline.schema import Source
-from pipeline.train import prepare_run_folder, read_history, run_metrics
+from pipeline.sources.schema import Source
+from pipeline.training.classifier import prepare_run_folder, read_history, run_metrics
 
 EXAMPLE_IMAGES = 6  # test images drawn with predicted and true boxes in the report
 OPTIMIZERS = ("adam", "sgd")  # sgd: momentum 0.9
@@ -199,7 +199,7 @@ def train_detector(cfg: DetectTrainConfig, source: Source, run_dir: Path, *, for
 def _train(cfg: DetectTrainConfig, source: Source, run: RunFolder, *, resuming: bool, verbose: int) -> dict:
     import keras
 
-    from pipeline.coco_eval import evaluate_detector
+    from pipeline.evaluation.coco_eval import evaluate_detector
 
     label_names = list(source.label_names)
     run.root.mkdir(parents=True, exist_ok=True)
@@ -272,7 +272,7 @@ def _save_samples(run: RunFolder, source: Source, label_names, count: int = EXAM
 
 def plot_loss_curves(history: dict[str, list[float]], path: Path) -> None:
     """Training and validation SSD loss per epoch."""
-    from pipeline.report import plt, save_figure
+    from pipeline.evaluation.report import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for key, label, style in (("loss", "train", "-o"), ("val_loss", "validation", "-s")):
@@ -289,7 +289,7 @@ def plot_loss_curves(history: dict[str, list[float]], path: Path) -> None:
 def _plot_examples(run: RunFolder, source: Source, split: str, preds: list[dict], label_names) -> list[str]:
     """PNGs of the first test images with predicted (solid, score >= DISPLAY_THRESHOLD) and true
     (dashed) boxes; ``preds`` are the evaluation's predictions, in the split's order."""
-    from pipeline.detect_predict import DISPLAY_THRESHOLD, draw_detections
+    from pipeline.evaluation.detect_predict import DISPLAY_THRESHOLD, draw_detections
 
     names = []
     for i, ex in enumerate(source.examples(split).take(min(EXAMPLE_IMAGES, len(preds)))):
@@ -307,7 +307,7 @@ def _fmt(v) -> str:
 
 
 def write_detection_report(path: Path, *, config: dict, metrics: dict, examples: list[str], skipped=()) -> None:
-    from pipeline.report import _table
+    from pipeline.evaluation.report import _table
 
     test = metrics["test"]
     ssd = config["ssd"]

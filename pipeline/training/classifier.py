@@ -22,12 +22,12 @@ from pathlib import Path
 from common.errors import ConfigError, UserError
 from common.run_folder import RunFolder, atomic_path, write_json
 from models.cnn import CNNConfig, build_cnn
-from pipeline import distribute
+from pipeline.training import distribute
 from pipeline.augment import AugmentConfig
 from pipeline.dataset import PipelineConfig, classification_dataset
-from pipeline.evaluate import classification_metrics, predict_dataset
-from pipeline.report import plot_confusion_matrix, plot_training_curves, write_training_report
-from pipeline.schema import Source
+from pipeline.evaluation.classification import classification_metrics, predict_dataset
+from pipeline.evaluation.report import plot_confusion_matrix, plot_training_curves, write_training_report
+from pipeline.sources.schema import Source
 
 SAMPLES_PER_RUN = 6
 
@@ -57,7 +57,7 @@ class TrainConfig:
     def __post_init__(self):
         if self.precision not in distribute.PRECISIONS:
             raise ConfigError(f"PRECISION={self.precision}: expected one of {', '.join(distribute.PRECISIONS)} "
-                              f"(resolve auto with pipeline.distribute.resolve_precision first)")
+                              f"(resolve auto with pipeline.training.distribute.resolve_precision first)")
         if self.epochs < 1:
             raise ConfigError(f"EPOCHS={self.epochs}: must be at least 1")
         if self.batch_size < 1:
@@ -179,7 +179,7 @@ def train_classifier(cfg: TrainConfig, source: Source, run_dir: Path, *, force: 
                      verbose: int | None = None, strategy=None) -> dict:
     """Train (or resume, or recognise as done) the run in ``run_dir``. Returns metrics.json's content.
 
-    ``strategy``: from ``pipeline.distribute.select_strategy`` (None: the default strategy). Under
+    ``strategy``: from ``pipeline.training.distribute.select_strategy`` (None: the default strategy). Under
     MultiWorkerMirroredStrategy every worker calls this with the same arguments and ``run_dir``
     on a filesystem they all see; only the chief writes it. The other workers read the chief's
     config and backup to resume in step with it, write to a temporary folder, and return {}.

@@ -16,8 +16,8 @@ import tensorflow as tf
 from PIL import Image, UnidentifiedImageError
 
 from common.errors import ConfigError, DataError
-from pipeline.images import load_rgb
-from pipeline.schema import SPLITS, Skipped, Source
+from pipeline.sources.images import load_rgb
+from pipeline.sources.schema import SPLITS, Skipped, Source
 
 SKIP_HINT = "; fix or remove it, or pass SKIP_BAD=1 to skip and count bad samples"
 HOLDOUT = 0.1  # fraction carved for validation and for test when a source does not provide them

@@ -8,7 +8,7 @@ import numpy as np
 
 from common.errors import UserError
 from common.run_folder import RunFolder
-from pipeline.images import load_rgb
+from pipeline.sources.images import load_rgb
 from pipeline.preprocess import preprocess_for_model
 
 

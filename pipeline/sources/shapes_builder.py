@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from pipeline import shapes_render
+from pipeline.sources import shapes_render
 
 _SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from common.errors import UserError
 from common.run_folder import RunFolder
-from pipeline.images import load_rgb
+from pipeline.sources.images import load_rgb
 from pipeline.preprocess import preprocess_for_model
 
 DISPLAY_THRESHOLD = 0.4  # score below which a detection is not shown or listed
@@ -32,7 +32,7 @@ class KerasDetector:
     """A detection run's model.keras, post-processed as configured in its config.json."""
 
     def __init__(self, run_dir: Path, score_threshold: float | None = None):
-        from pipeline.train_detector import DetectTrainConfig, keras_detect_fn, load_detector_model
+        from pipeline.training.detector import DetectTrainConfig, keras_detect_fn, load_detector_model
 
         run = RunFolder(Path(run_dir))
         model_path = run.require_model()
@@ -127,7 +127,7 @@ def draw_detections(image: np.ndarray, detections: dict, label_names, path: Path
     """
     from matplotlib import patches
 
-    from pipeline.report import plt, save_figure
+    from pipeline.evaluation.report import plt, save_figure
 
     h, w = image.shape[:2]
     colours = plt.get_cmap("tab10")
@@ -170,10 +170,10 @@ def evaluate_detection_run(run_dir: Path, *, model_path: Path | None = None, dat
     ``data`` defaults to the DATA= the run was trained on; its classes must be the run's.
     Returns {"model", "data", "split", **coco_metrics} (plain JSON values).
     """
-    from pipeline.coco_eval import evaluate_detector
+    from pipeline.evaluation.coco_eval import evaluate_detector
     from pipeline.detection_dataset import detection_eval_dataset
-    from pipeline.sources import open_source
-    from pipeline.train_detector import DetectTrainConfig
+    from pipeline.sources.specs import open_source
+    from pipeline.training.detector import DetectTrainConfig
 
     run = RunFolder(Path(run_dir))
     run.require_model()

@@ -19,8 +19,8 @@ import numpy as np
 import tensorflow as tf
 
 from common.errors import DataError
-from pipeline.images import IMAGE_EXTENSIONS, load_rgb
-from pipeline.schema import Skipped, Source
+from pipeline.sources.images import IMAGE_EXTENSIONS, load_rgb
+from pipeline.sources.schema import Skipped, Source
 
 _SPLIT_DIRS = {"train": ("train",), "validation": ("validation", "val", "valid"), "test": ("test",)}
 _HOLDOUT = 0.1  # fraction of each class for validation (and for test, when there is no test/)

@@ -14,7 +14,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from common.errors import ConfigError, UserError
-from pipeline.schema import SPLITS, TASKS, Source
+from pipeline.sources.schema import SPLITS, TASKS, Source
 
 FORMS = "shapes, tfds:NAME, folder:PATH, voc:PATH, coco:FILE.json"
 
@@ -63,7 +63,7 @@ def _rgb(image: tf.Tensor) -> tf.Tensor:
 
 
 def open_shapes(spec: str, options: str, task: str, data_dir: Path) -> Source:
-    from pipeline.shapes_builder import make_builder, shapes_config
+    from pipeline.sources.shapes_builder import make_builder, shapes_config
 
     opts = _parse_options(options, {"seed": int, "size": int, "train": int, "validation": int, "test": int}, spec)
     try:
@@ -213,17 +213,17 @@ def open_source(spec: str, task: str = "classify", *, data_dir: Path | None = No
             raise ConfigError(f"DATA={spec}: folder: is a classification source; for TASK=detect use voc: or coco:")
         if not rest:
             raise ConfigError(f"DATA={spec}: folder: needs a path, e.g. folder:~/photos")
-        from pipeline.folder_source import open_folder
+        from pipeline.sources.folder_source import open_folder
 
         return open_folder(spec, rest, seed=seed, skip_bad=skip_bad)
     if kind in ("voc", "coco") and sep:
         if task != "detect":
             raise ConfigError(f"DATA={spec}: {kind}: is a detection source; use it with TASK=detect")
         if kind == "voc":
-            from pipeline.voc_source import open_voc
+            from pipeline.sources.voc_source import open_voc
 
             return open_voc(spec, rest, seed=seed, skip_bad=skip_bad)
-        from pipeline.coco_source import open_coco
+        from pipeline.sources.coco_source import open_coco
 
         return open_coco(spec, rest, seed=seed, skip_bad=skip_bad)
     raise ConfigError(f"DATA={spec!r}: unknown data source; expected one of: {FORMS}")
