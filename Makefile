@@ -11,6 +11,7 @@
 #   TASK=classify|detect   DATA=shapes|tfds:NAME|folder:PATH|voc:PATH|coco:FILE.json
 #   RUN=run folder (default runs/$(TASK)-<data>)   EPOCHS=  SEED=  IMAGE=  MODEL=
 #   IMAGE_SIZE=  BATCH=  LR=  FILTERS=16,32,64  HIDDEN=128  FLIP=0  FORCE=1  SKIP_BAD=1
+#   VERBOSE=1 shows TensorFlow's start-up logs
 #   STRATEGY=auto|default|mirrored|multiworker  PRECISION=float32|mixed_float16|mixed_bfloat16|auto  WORKERS=N
 
 PYTHON_BASE ?= python3
@@ -40,7 +41,7 @@ QUANT ?= int8
 # make tune writes its own run folder unless RUN= is given: runs/<task>-<data>-tuned
 TUNE_RUN := $(if $(filter command line environment,$(origin RUN)),$(RUN),$(RUN)-tuned)
 
-.PHONY: setup demo train tune eval predict export bench test clean
+.PHONY: setup demo train tune eval predict export bench test test-kernels clean
 
 setup: $(STAMP)
 
@@ -52,23 +53,23 @@ $(STAMP): requirements.txt requirements-nodeps.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) cli.py train $(TRAIN_ARGS)
-	$(PY) cli.py tune --run '$(RUN)-tuned' --data '$(DATA)' --seed $(SEED) \
+	VERBOSE=$(VERBOSE) $(PY) cli.py train $(TRAIN_ARGS)
+	VERBOSE=$(VERBOSE) $(PY) cli.py tune --run '$(RUN)-tuned' --data '$(DATA)' --seed $(SEED) \
 		--trials 3 --epochs 2 --trial-train-examples 2000 --final-epochs 4 $(call opt,--data-dir,$(DATA_DIR))
-	$(PY) cli.py export --run '$(RUN)' --quant int8 $(call opt,--data-dir,$(DATA_DIR))
-	$(PY) cli.py predict --run '$(RUN)' --model '$(RUN)/export/model_int8.tflite'
+	VERBOSE=$(VERBOSE) $(PY) cli.py export --run '$(RUN)' --quant int8 $(call opt,--data-dir,$(DATA_DIR))
+	VERBOSE=$(VERBOSE) $(PY) cli.py predict --run '$(RUN)' --model '$(RUN)/export/model_int8.tflite'
 
 train: $(STAMP)
-	$(PY) cli.py train $(TRAIN_ARGS)
+	VERBOSE=$(VERBOSE) $(PY) cli.py train $(TRAIN_ARGS)
 
 eval: $(STAMP)
-	$(PY) cli.py eval --run '$(RUN)' $(if $(filter-out shapes,$(DATA)),--data '$(DATA)') $(call opt,--model,$(MODEL))
+	VERBOSE=$(VERBOSE) $(PY) cli.py eval --run '$(RUN)' $(if $(filter-out shapes,$(DATA)),--data '$(DATA)') $(call opt,--model,$(MODEL))
 
 predict: $(STAMP)
-	$(PY) cli.py predict --run '$(RUN)' $(call opt,--image,$(IMAGE)) $(call opt,--model,$(MODEL))
+	VERBOSE=$(VERBOSE) $(PY) cli.py predict --run '$(RUN)' $(call opt,--image,$(IMAGE)) $(call opt,--model,$(MODEL))
 
 tune: $(STAMP)
-	$(PY) cli.py tune --run '$(TUNE_RUN)' --task $(TASK) --data '$(DATA)' --seed $(SEED) \
+	VERBOSE=$(VERBOSE) $(PY) cli.py tune --run '$(TUNE_RUN)' --task $(TASK) --data '$(DATA)' --seed $(SEED) \
 		$(call opt,--tuner,$(TUNER)) $(call opt,--trials,$(TRIALS)) $(call opt,--epochs,$(EPOCHS)) \
 		$(call opt,--final-epochs,$(FINAL_EPOCHS)) $(call opt,--trial-train-examples,$(TRIAL_IMAGES)) \
 		$(call opt,--max-size-kb,$(MAX_SIZE_KB)) $(call opt,--max-latency-ms,$(MAX_LATENCY_MS)) \
@@ -78,14 +79,20 @@ tune: $(STAMP)
 		$(call opt,--data-dir,$(DATA_DIR)) $(call flag,--force,$(FORCE))
 
 export: $(STAMP)
-	$(PY) cli.py export --run '$(RUN)' --quant $(QUANT) $(call opt,--prune,$(PRUNE)) $(call opt,--calib,$(CALIB)) \
+	VERBOSE=$(VERBOSE) $(PY) cli.py export --run '$(RUN)' --quant $(QUANT) $(call opt,--prune,$(PRUNE)) $(call opt,--calib,$(CALIB)) \
 		$(call opt,--min-agreement,$(MIN_AGREEMENT)) $(call opt,--int8-io,$(INT8_IO)) $(call opt,--data-dir,$(DATA_DIR))
 
 bench: $(STAMP)
-	$(PY) cli.py bench --out runs/bench $(call opt,--only,$(BENCH)) $(call opt,--data-dir,$(DATA_DIR))
+	VERBOSE=$(VERBOSE) $(PY) cli.py bench --out runs/bench $(call opt,--only,$(BENCH)) $(call opt,--data-dir,$(DATA_DIR))
 
+# --durations: the suite's slowest tests, so its time stays visible in CI logs
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
+
+# The tests that compare numbers across kernels, run as on a CPU whose fast kernels differ:
+# TensorFlow without oneDNN, LiteRT without XNNPACK (its built-in kernels). README, "Testing".
+test-kernels: $(STAMP)
+	TF_ENABLE_ONEDNN_OPTS=0 LITERT_KERNELS=builtin $(PY) -m pytest -q -m kernel_sensitive
 
 clean:
 	rm -rf runs

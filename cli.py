@@ -13,13 +13,13 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 from pathlib import Path
 
+from common.console import quiet_tensorflow
 from common.errors import UserError
-from export.command import add_export_args, run_export
+from export.command import add_export_args
 from tuning.command import add_tune_args
 
 
@@ -31,7 +31,8 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", default="classify", help="classify | detect")
+    p.add_argument("--task", default="classify", choices=("classify", "detect"),
+                   help="classify | detect (tasks.TASKS)")
     p.add_argument("--data", default="shapes", help="shapes | tfds:NAME | folder:PATH | voc:PATH | coco:FILE.json")
     p.add_argument("--data-dir", type=Path, default=None, help="where tfds data is prepared (default ./data/tfds)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images and count them in the report")
@@ -89,137 +90,43 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _locked(run_dir: Path, command: str):
+    """An exclusive lock on RUN for the commands that write it (common.run_lock)."""
+    from common.run_lock import run_lock
+
+    return run_lock(run_dir, command)
+
+
 def cmd_train(args) -> None:
-    from dataclasses import replace
+    from tasks import task_named
 
-    from pipeline.training.distribute import resolve_precision, select_strategy
-    from pipeline.sources.specs import open_source
-    from pipeline.training.classifier import TrainConfig, train_classifier
-
-    if args.task == "detect":
-        return _train_detector(args)
-    # First TensorFlow work of the process: MultiWorkerMirroredStrategy cannot start after any other.
-    strategy = None if args.workers > 1 else select_strategy(args.strategy)
-    defaults = TrainConfig()
-    cnn_changes = {k: v for k, v in {
-        "filters": args.filters, "kernel_size": args.kernel_size, "pool_size": args.pool_size,
-        "pool_stride": args.pool_stride, "hidden_units": args.hidden_units, "dropout": args.dropout,
-    }.items() if v is not None}
-    try:
-        cnn = replace(defaults.cnn, **cnn_changes)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    changes = {k: v for k, v in {
-        "epochs": TrainConfig.epochs_for(args.data) if args.epochs is None else args.epochs,
-        "batch_size": args.batch_size, "image_size": args.image_size, "learning_rate": args.lr,
-    }.items() if v is not None}
-    augment = replace(defaults.augment, flip=not args.no_flip)
-    cfg = replace(defaults, data=args.data, task=args.task, seed=args.seed, cnn=cnn, augment=augment,
-                  precision=resolve_precision(args.precision), **changes)
-    source = open_source(args.data, args.task, data_dir=args.data_dir, seed=args.seed, skip_bad=args.skip_bad)
-    if args.workers > 1:  # the data is prepared (above) once, before the workers start
-        from pipeline.training.multiworker import launch_local_workers
-
-        code = launch_local_workers(args.argv, args.workers, args.run)
-        if code:
-            raise SystemExit(code)
+    task = task_named(args.task)
+    cfg = task.config_from_args(args)
+    if args.workers > 1 or args.strategy == "multiworker":
+        # The launcher starts the workers; worker 0 (the chief) is the one process writing RUN,
+        # so none of them takes the lock (each is its own process and would lock the others out).
+        task.train(cfg, args)
         return
-    train_classifier(cfg, source, args.run, force=args.force, strategy=strategy)
-
-
-def _train_detector(args) -> None:
-    from dataclasses import replace
-
-    from pipeline.sources.specs import open_source
-    from pipeline.training.detector import DetectTrainConfig, train_detector
-
-    if args.workers > 1 or args.strategy not in ("auto", "default") or args.precision != "float32":
-        raise UserError("TASK=detect trains on one worker in float32 for now (no STRATEGY=, PRECISION=, WORKERS=)")
-    cfg = DetectTrainConfig(data=args.data, seed=args.seed)
-    changes = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size,
-                                 "learning_rate": args.lr}.items() if v is not None}
-    try:
-        if args.image_size:
-            changes["ssd"] = cfg.ssd.replace(anchors=cfg.ssd.anchors.replace(input_size=args.image_size))
-        if args.no_flip:
-            changes["augment"] = replace(cfg.augment, flip=False)
-        cfg = replace(cfg, **changes)
-    except ValueError as e:
-        raise UserError(f"IMAGE_SIZE={args.image_size}: {e}") from None
-    source = open_source(args.data, "detect", data_dir=args.data_dir, seed=args.seed, skip_bad=args.skip_bad)
-    train_detector(cfg, source, args.run, force=args.force)
-
-
-def _run_task(run_dir: Path | None, model: Path | None) -> str:
-    """"classify" or "detect": from the run's config.json, else from the model file itself."""
-    from common.run_folder import RunFolder
-
-    if run_dir is not None and RunFolder(run_dir).config.exists():
-        return RunFolder(run_dir).read_config().get("task", "classify")
-    if model is not None and model.suffix == ".keras" and RunFolder(model.parent).config.exists():
-        return RunFolder(model.parent).read_config().get("task", "classify")
-    if model is not None and model.suffix == ".tflite" and model.exists():
-        from export.runtime import TFLiteModel
-
-        # a detector carries TFLite_Detection_PostProcess: boxes, classes, scores, count
-        return "detect" if len(TFLiteModel(model).interpreter.get_output_details()) == 4 else "classify"
-    return "classify"
-
-
-def _eval_detector(args) -> None:
-    from common.run_folder import RunFolder, write_json
-    from pipeline.evaluation.detect_predict import evaluate_detection_run
-
-    result = evaluate_detection_run(args.run, model_path=args.model, data=args.data, data_dir=args.data_dir,
-                                    split=args.split)
-    what = Path(result["model"])
-    out = RunFolder(args.run).root / "eval" / f"{what.stem}-{args.split}.json"
-    write_json(out, result)
-    print(f"{what} on {result['data']} [{args.split}]: mAP@[.5:.95] {result['map']:.3f}, mAP@.5 {result['map50']:.3f} "
-          f"over {result['images']} images; written to {out}")
+    with _locked(args.run, "train"):
+        task.train(cfg, args)
 
 
 def cmd_eval(args) -> None:
     from common.run_folder import RunFolder, write_json
-    from pipeline.dataset import classification_dataset
-    from pipeline.evaluation.classification import classification_metrics, predict_dataset
-    from pipeline.evaluation.predict import load_classifier
-    from pipeline.sources.specs import open_source
-    from pipeline.training.classifier import TrainConfig
+    from tasks import task_of
 
-    run = RunFolder(args.run)
-    run.require_model()
-    if _run_task(args.run, args.model) == "detect":
-        return _eval_detector(args)
-    cfg = TrainConfig.from_dict(run.read_config())
-    data = args.data or cfg.data
-    source = open_source(data, cfg.task, data_dir=args.data_dir, seed=cfg.seed)
-    labels = run.read_labels()
-    if list(source.label_names) != labels:
-        raise UserError(f"DATA={data}: its classes {list(source.label_names)} differ from the run's {labels}")
-    ds = classification_dataset(source, args.split, cfg.pipeline(), training=False)
-    if args.model is not None and args.model.suffix == ".tflite":
-        classifier = load_classifier(None, args.model)
-        predict = classifier.predict_batch
-        what = str(args.model)
-    else:
-        import keras
-
-        model = keras.models.load_model(run.model)
-        predict = lambda x: model.predict_on_batch(x)  # noqa: E731
-        what = str(run.model)
-    probs, y = predict_dataset(predict, ds)
-    metrics = classification_metrics(probs, y, labels)
-    out = run.root / "eval" / f"{Path(what).stem}-{args.split}.json"
-    write_json(out, {"model": what, "data": data, "split": args.split, **metrics})
-    print(f"{what} on {data} [{args.split}]: accuracy {metrics['accuracy']:.2%} over {metrics['examples']} images "
-          f"(log loss {metrics['loss']:.4f}); written to {out}")
+    task = task_of(args.run, args.model if args.model is not None and args.model.suffix == ".tflite" else None)
+    result, line = task.evaluate(args.run, model_path=args.model, data=args.data, data_dir=args.data_dir,
+                                 split=args.split)
+    out = RunFolder(args.run).root / "eval" / f"{Path(result['model']).stem}-{args.split}.json"
+    write_json(out, result)
+    print(f"{line}; written to {out}")
 
 
 def cmd_predict(args) -> None:
-    from pipeline.evaluation.predict import default_image, format_table, load_classifier, predict_file
-
     from common.run_folder import RunFolder
+    from pipeline.evaluation.predict import default_image
+    from tasks import task_of
 
     if args.model is None:
         if args.run is None:
@@ -230,40 +137,29 @@ def cmd_predict(args) -> None:
         if args.run is None:
             raise UserError("predict needs IMAGE=path/to/image")
         image = default_image(args.run)
-    if _run_task(args.run, args.model) == "detect":
-        from pipeline.evaluation.detect_predict import format_detection_table, load_detector, predict_detections
-
-        detector = load_detector(args.run, args.model)
-        out_png = (args.run if args.run is not None else Path("runs")) / "predictions" / f"{Path(image).stem}.png"
-        rows = predict_detections(detector, image, out_png)
-        print(f"{image}")
-        print(format_detection_table(rows))
-        print(f"Boxes drawn in {out_png}")
-        return
-    classifier = load_classifier(args.run, args.model)
-    rows = predict_file(classifier, image, args.top_k)
-    print(f"{image}")
-    print(format_table(rows))
+    task = task_of(args.run, args.model)
+    print(task.predict(args.run, model_path=args.model, image=image, top_k=args.top_k))
 
 
 def cmd_export(args) -> None:
-    if _run_task(args.run, None) == "detect":
-        from export.detector_convert import DETECTOR_MODES, export_detector
+    from export.command import export_config
+    from tasks import task_of
 
-        modes = DETECTOR_MODES if args.quant == "all" else tuple(m.strip() for m in args.quant.split(","))
-        unknown = [m for m in modes if m not in DETECTOR_MODES]
-        if unknown or args.prune:
-            raise UserError(f"QUANT={args.quant}{' PRUNE' if args.prune else ''}: a detector exports as "
-                            f"{' or '.join(DETECTOR_MODES)} (or all)")
-        export_detector(args.run, modes, data_dir=args.data_dir)
-        return
-    run_export(args)
+    cfg = export_config(args)
+    task = task_of(args.run)
+    with _locked(args.run, "export"):
+        task.export(args.run, cfg, data_dir=args.data_dir)
 
 
 def cmd_tune(args) -> None:
     from tuning.command import run_tune
+    from tuning.distributed import current_role
 
-    run_tune(args)
+    if current_role() == "worker":  # a worker of a search started by hand: the chief owns RUN
+        run_tune(args)
+        return
+    with _locked(args.run, "tune"):
+        run_tune(args)
 
 
 def cmd_bench(args) -> None:
@@ -279,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
     args.argv = argv[1:]  # the subcommand's own arguments, for commands that start copies of themselves
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow()
     # SIGTERM (a scheduler, `timeout`) takes the same path as Ctrl-C: state kept for resume.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:

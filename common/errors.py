@@ -22,3 +22,17 @@ class DataError(UserError):
 
 class ConfigError(UserError):
     """A setting (make variable, command-line flag, config file) is invalid."""
+
+
+class RunLockedError(UserError):
+    """Another command holds the run folder's lock (``common.run_lock``).
+
+    ``holder`` describes that command as its lock file tells it (pid, command,
+    start time, host), or says it is unknown.
+    """
+
+    def __init__(self, run_dir, holder: str):
+        self.run_dir = str(run_dir)
+        self.holder = holder
+        super().__init__(f"{self.run_dir}: in use by another command ({holder}); "
+                         f"wait for it to finish, or use another RUN=")

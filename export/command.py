@@ -1,4 +1,4 @@
-"""`python cli.py export ...`: argparse glue around export.exporter.export_run.
+"""`python cli.py export ...`: the flags, and the ExportConfig they make (tasks run the export).
 
     python cli.py export --run RUN [--quant int8|float32,int8|all] [--prune 0.5] [--calib 200]
                          [--min-agreement 0.98] [--int8-io uint8|int8] [--data-dir DIR]
@@ -25,11 +25,10 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, default=None, help="where tfds data is prepared (default ./data/tfds)")
 
 
-def run_export(args: argparse.Namespace) -> dict:
-    """Run the export described by parsed ``args``; UserError on bad input or failed verification."""
-    from export.exporter import ExportConfig, export_run, parse_modes
+def export_config(args: argparse.Namespace):
+    """The ExportConfig of parsed ``args``; ConfigError for a bad setting."""
+    from export.exporter import ExportConfig, parse_modes
 
-    cfg = ExportConfig(modes=parse_modes(args.quant), prune=args.prune, calib=args.calib,
-                       min_agreement=args.min_agreement, int8_io=args.int8_io,
-                       qat_epochs=args.qat_epochs, prune_epochs=args.prune_epochs)
-    return export_run(args.run, cfg, data_dir=args.data_dir)
+    return ExportConfig(modes=parse_modes(args.quant), prune=args.prune, calib=args.calib,
+                        min_agreement=args.min_agreement, int8_io=args.int8_io,
+                        qat_epochs=args.qat_epochs, prune_epochs=args.prune_epochs)

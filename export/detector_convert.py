@@ -29,9 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+import flatbuffers
+import keras
 import numpy as np
+import tensorflow as tf
 
 from common.errors import ConfigError, UserError
+from export.convert import full_range_image
+from export.metadata import (LABELS_FILE, MODEL_FILE_IDENTIFIER, ImageInput, attach_metadata, image_tensor_metadata,
+                             schemas)
 from models.anchors import AnchorConfig, generate_anchors
 from models.box_coding import BOX_VARIANCES
 
@@ -40,9 +46,6 @@ POSTPROCESS_OP = "TFLite_Detection_PostProcess"
 OUTPUT_NAMES = ("boxes", "classes", "scores", "count")
 # Metadata tensor names MediaPipe's ObjectDetector looks the outputs up by.
 METADATA_OUTPUT_NAMES = ("location", "category", "score", "number of detections")
-# Largest mAP@.5 drop (Keras -> .tflite, on the verification images) an export may show. float32
-# computes the same function, per-class NMS included; int8 is allowed a real quantization loss.
-VERIFY_TOLERANCE = {"float32": 0.02, "int8": 0.25}
 
 
 @dataclass(frozen=True)
@@ -96,8 +99,6 @@ def implements_signature(num_classes: int, post: PostProcess) -> str:
 
 
 def _postprocess_stub(num_classes: int, post: PostProcess):
-    import tensorflow as tf
-
     @tf.function(experimental_implements=implements_signature(num_classes, post), autograph=False)
     def postprocess(box_encodings, class_predictions, anchors):  # noqa: ARG001 -- replaced by the TFLite op
         k = post.max_detections
@@ -117,16 +118,11 @@ def prediction_halves(model):
     deltas about +-6 and logits +-14 shared a 0.099 step; kept apart, the deltas get 0.042);
     it also saves a concatenation and two slices. The same variables; the model is not copied.
     """
-    import keras
-
     return keras.Model(model.inputs, list(model.get_layer("predictions").input), name=f"{model.name}_halves")
 
 
 def write_saved_model(model, anchors: AnchorConfig, num_classes: int, post: PostProcess, path: Path) -> None:
     """A SavedModel whose ``serving_default`` maps float32 [1, S, S, 3] 0..255 to the four detection outputs."""
-    import keras
-    import tensorflow as tf
-
     size = anchors.input_size
     anchor_const = anchors_center_form(anchors)
     postprocess = _postprocess_stub(num_classes, post)
@@ -145,20 +141,18 @@ def write_saved_model(model, anchors: AnchorConfig, num_classes: int, post: Post
     archive.write_out(str(path), verbose=False)
 
 
-def _configure_float32(converter, calibration) -> None:
+def _configure_float32(converter, calibration, io_dtype) -> None:
     """No optimisation: float32 weights and activations (the reference export)."""
 
 
-def _configure_int8(converter, calibration) -> None:
-    """int8 weights and activations from calibration, uint8 input; the post-processing op's
-    outputs stay float32 (they are boxes, ids and scores, not activations)."""
-    import tensorflow as tf
-
+def _configure_int8(converter, calibration, io_dtype) -> None:
+    """int8 weights and activations from calibration, uint8 (or int8) input; the post-processing
+    op's outputs stay float32 (they are boxes, ids and scores, not activations)."""
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = lambda: ([image] for image in calibration)
     # BUILTINS alongside BUILTINS_INT8 only for the float tail of the post-processing op.
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
-    converter.inference_input_type = tf.uint8
+    converter.inference_input_type = tf.uint8 if io_dtype == "uint8" else tf.int8
 
 
 _CONFIGURE = {"float32": _configure_float32, "int8": _configure_int8}
@@ -167,8 +161,6 @@ _CONFIGURE = {"float32": _configure_float32, "int8": _configure_int8}
 def calibration_samples(images: Iterable[np.ndarray], size: int) -> list[np.ndarray]:
     """float32 [1, S, S, 3] 0..255 calibration images, plus one full-range image so the uint8
     input scale stays camera-like (exactly 0..255)."""
-    from export.convert import full_range_image
-
     samples = []
     for i, image in enumerate(images):
         image = np.asarray(image, np.float32).reshape((-1, size, size, 3))
@@ -179,7 +171,8 @@ def calibration_samples(images: Iterable[np.ndarray], size: int) -> list[np.ndar
 
 
 def convert_detector(model, anchors: AnchorConfig, num_classes: int, mode: str, *,
-                     calibration: Iterable[np.ndarray] | None = None, post: PostProcess = PostProcess()) -> bytes:
+                     calibration: Iterable[np.ndarray] | None = None, post: PostProcess = PostProcess(),
+                     io_dtype: str = "uint8") -> bytes:
     """Keras 3 SSD -> .tflite bytes (no metadata), outputs boxes, classes, scores, count.
 
     Args:
@@ -187,16 +180,15 @@ def convert_detector(model, anchors: AnchorConfig, num_classes: int, mode: str, 
         anchors: the model's AnchorConfig (baked into the graph).
         mode: "float32" or "int8".
         calibration: for int8, float32 [1, S, S, 3] 0..255 images made by pipeline.preprocess.
+        io_dtype: the int8 model's input type, "uint8" (camera bytes; MediaPipe) or "int8".
     """
-    import tensorflow as tf
-
     if mode not in DETECTOR_MODES:
         raise ConfigError(f"QUANT={mode}: detector export supports {', '.join(DETECTOR_MODES)} (or all)")
     samples = calibration_samples(calibration or [], anchors.input_size) if mode == "int8" else None
     with tempfile.TemporaryDirectory(prefix="detector-savedmodel-") as tmp:
         write_saved_model(model, anchors, num_classes, post, Path(tmp) / "saved_model")
         converter = tf.lite.TFLiteConverter.from_saved_model(str(Path(tmp) / "saved_model"))
-        _CONFIGURE[mode](converter, samples)
+        _CONFIGURE[mode](converter, samples, io_dtype)
         tflite = bytes(converter.convert())
     return order_detection_outputs(tflite)
 
@@ -206,8 +198,6 @@ def convert_detector(model, anchors: AnchorConfig, num_classes: int, mode: str, 
 
 
 def _model_t(model_bytes: bytes):
-    from export.metadata import schemas
-
     model_fb, _ = schemas()
     return model_fb, model_fb.ModelT.InitFromObj(model_fb.Model.GetRootAsModel(model_bytes, 0))
 
@@ -229,10 +219,6 @@ def op_names(model_bytes: bytes) -> list[str]:
 def order_detection_outputs(model_bytes: bytes) -> bytes:
     """Make the model's outputs exactly the post-processing op's outputs, in its order
     (boxes, classes, scores, count), and name those tensors accordingly."""
-    import flatbuffers
-
-    from export.metadata import MODEL_FILE_IDENTIFIER
-
     model_fb, model = _model_t(model_bytes)
     graph = model.subgraphs[0]
     ops = [op for op in graph.operators
@@ -266,8 +252,6 @@ def detector_metadata(image, *, name: str, description: str, version: str, label
     (order top, left, bottom, right; ratio coordinates), a value-label file on the
     category tensor, and the three per-detection tensors grouped.
     """
-    from export.metadata import image_tensor_metadata, schemas
-
     _, meta = schemas()
 
     def tensor(name, description, content_type, properties, content_range=True):
@@ -317,85 +301,14 @@ def with_detector_metadata(model_bytes: bytes, labels: list[str], *, name: str, 
                            version: str = "1") -> bytes:
     """Embed detector metadata and labels.txt, so MediaPipe's ObjectDetector (and our predict) can use
     the .tflite on its own. The input is raw RGB 0..255 (mean 0, std 1): the model rescales in-graph."""
-    from export.metadata import LABELS_FILE, ImageInput, attach_metadata
-
     size = _input_size(model_bytes)
     metadata = detector_metadata(ImageInput(size=size), name=name, description=description, version=version,
                                  labels_file=LABELS_FILE)
     labels_txt = "".join(f"{label}\n" for label in labels).encode("utf-8")
-    return attach_metadata(model_bytes, metadata, {LABELS_FILE: labels_txt})
+    return attach_metadata(model_bytes, metadata, {LABELS_FILE: labels_txt}, task="detect")
 
 
 def _input_size(model_bytes: bytes) -> int:
     _, model = _model_t(model_bytes)
     graph = model.subgraphs[0]
     return int(graph.tensors[graph.inputs[0]].shape[1])
-
-
-# ---------------------------------------------------------------------------------------------
-# The run-folder command
-
-
-def export_detector(run_dir: Path, modes: Iterable[str] = DETECTOR_MODES, *, data: str | None = None,
-                    data_dir: Path | None = None, source=None, calibration_images: int = 100,
-                    out_dir: Path | None = None, verify_images: int = 20) -> dict:
-    """Export RUN's detector as RUN/export/detector-<mode>.tflite (with metadata and labels).
-
-    Calibration images come from the validation split (train when there is none) of ``source``,
-    or of the source opened from ``data`` (default: the DATA= the run was trained on).
-
-    Each file is verified before it is reported: loaded in the LiteRT interpreter, run on
-    ``verify_images`` test images and scored against the Keras model (mAP@.5 of both on
-    those images). Returns {mode: {"path", "bytes", "verify": {...}}}.
-    """
-    from common.run_folder import RunFolder, write_bytes, write_json
-    from pipeline.evaluation.coco_eval import evaluate_detector
-    from pipeline.evaluation.detect_predict import TFLiteDetector
-    from pipeline.detection_dataset import detection_eval_dataset
-    from pipeline.sources.specs import open_source
-    from pipeline.training.detector import DetectTrainConfig, keras_detect_fn, load_detector_model
-
-    run = RunFolder(Path(run_dir))
-    model_path = run.require_model()
-    cfg = DetectTrainConfig.from_dict(run.read_config())
-    labels = run.read_labels()
-    modes = list(dict.fromkeys(modes))
-    for mode in modes:
-        if mode not in DETECTOR_MODES:
-            raise ConfigError(f"QUANT={mode}: detector export supports {', '.join(DETECTOR_MODES)} (or all)")
-    model = load_detector_model(model_path)
-    if source is None:
-        source = open_source(data or cfg.data, "detect", data_dir=data_dir, seed=cfg.seed)
-    if list(source.label_names) != labels:
-        raise UserError(f"DATA={data or cfg.data}: its classes {list(source.label_names)} differ from the run's {labels}")
-    size = cfg.image_size
-    calib_split = "validation" if source.split_sizes.get("validation", 0) else "train"
-    calibration = [b["image"].numpy() for b in
-                   detection_eval_dataset(source, calib_split, size, 1).take(calibration_images)]
-    verify_split = "test" if source.split_sizes.get("test", 0) else calib_split
-    verify_batches = list(detection_eval_dataset(source, verify_split, size, 1).take(verify_images))
-    keras_metrics, _, _ = evaluate_detector(keras_detect_fn(model, cfg), verify_batches, labels)
-    post = PostProcess(score_threshold=cfg.score_threshold, iou_threshold=cfg.nms_iou,
-                       max_detections=cfg.max_detections)
-    out_dir = Path(out_dir) if out_dir is not None else run.export
-    results = {}
-    for mode in modes:
-        tflite = convert_detector(model, cfg.ssd.anchors, len(labels), mode, calibration=calibration, post=post)
-        tflite = with_detector_metadata(tflite, labels, name=f"SSD detector ({mode})",
-                                        description=f"SSD MobileNetV2 trained on {cfg.data}; {mode}.")
-        path = out_dir / f"detector-{mode}.tflite"
-        write_bytes(path, tflite)
-        tfl_metrics, _, _ = evaluate_detector(TFLiteDetector(path).detect_batch, verify_batches, labels)
-        results[mode] = {"path": str(path), "bytes": len(tflite),
-                         "verify": {"images": len(verify_batches), "keras_map50": keras_metrics["map50"],
-                                    "tflite_map50": tfl_metrics["map50"], "keras_map": keras_metrics["map"],
-                                    "tflite_map": tfl_metrics["map"]}}
-        gap = keras_metrics["map50"] - tfl_metrics["map50"]
-        if gap > VERIFY_TOLERANCE[mode]:
-            path.unlink()
-            raise UserError(f"{mode} export failed verification: mAP@.5 on {len(verify_batches)} {verify_split} "
-                            f"images {tfl_metrics['map50']:.3f} vs Keras {keras_metrics['map50']:.3f}")
-        print(f"{path}: {len(tflite) / 1e6:.2f} MB; mAP@.5 on {len(verify_batches)} {verify_split} images: "
-              f"tflite {tfl_metrics['map50']:.3f} vs keras {keras_metrics['map50']:.3f}")
-    write_json(out_dir / "detector-export.json", results)
-    return results

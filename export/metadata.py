@@ -19,6 +19,7 @@ protobuf < 4. Only this module touches those schemas.
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 from dataclasses import dataclass, field
 
@@ -31,6 +32,9 @@ METADATA_FILE_IDENTIFIER = b"M001"
 # normalization, tensor-axis label files, stats), so any parser can read us.
 MIN_PARSER_VERSION = "1.0.0"
 LABELS_FILE = "labels.txt"
+# {"task": "classify" | "detect"}: what the model is, recorded rather than guessed from its outputs.
+# A model-level associated file of type DESCRIPTIONS, which every metadata parser accepts.
+TASK_FILE = "task.json"
 
 
 def schemas():
@@ -74,6 +78,17 @@ class EmbeddedMetadata:
     def labels(self) -> list[str]:
         raw = self.associated_files.get(LABELS_FILE, b"")
         return [line.strip() for line in raw.decode("utf-8").splitlines() if line.strip()]
+
+    @property
+    def task(self) -> str | None:
+        """The task recorded at export ("classify" or "detect"), or None for a model without it."""
+        raw = self.associated_files.get(TASK_FILE)
+        if raw is None:
+            return None
+        try:
+            return json.loads(raw.decode("utf-8")).get("task")
+        except (ValueError, AttributeError):
+            return None
 
 
 def image_tensor_metadata(image: ImageInput):
@@ -129,13 +144,19 @@ def classifier_metadata(image: ImageInput, *, name: str, description: str, versi
     return model
 
 
-def attach_metadata(model_bytes: bytes, metadata, associated_files: dict[str, bytes]) -> bytes:
-    """Return ``model_bytes`` with ``metadata`` (a ModelMetadataT) and the files zipped on.
+def attach_metadata(model_bytes: bytes, metadata, associated_files: dict[str, bytes], *, task: str) -> bytes:
+    """Return ``model_bytes`` with ``metadata`` (a ModelMetadataT), the files and the task record zipped on.
 
     Replaces metadata and associated files a model already had, so attaching is
     idempotent. Every associated file named in the metadata must be given.
     """
-    model_fb, _ = schemas()
+    model_fb, meta = schemas()
+    record = meta.AssociatedFileT()
+    record.name, record.description = TASK_FILE, "What the model is: {\"task\": \"classify\" | \"detect\"}."
+    record.type = meta.AssociatedFileType.DESCRIPTIONS
+    metadata.associatedFiles = [f for f in metadata.associatedFiles or [] if f.name not in (TASK_FILE, TASK_FILE.encode())]
+    metadata.associatedFiles.append(record)
+    associated_files = {**associated_files, TASK_FILE: json.dumps({"task": task}).encode("utf-8")}
     builder = flatbuffers.Builder(0)
     builder.Finish(metadata.Pack(builder), METADATA_FILE_IDENTIFIER)
     metadata_buf = bytes(builder.Output())
@@ -236,4 +257,4 @@ def with_classifier_metadata(model_bytes: bytes, labels: list[str], image: Image
     """Embed classifier metadata and labels.txt so the .tflite works stand-alone (MediaPipe, predict)."""
     metadata = classifier_metadata(image, name=name, description=description, version=version)
     labels_txt = "".join(f"{label}\n" for label in labels).encode("utf-8")
-    return attach_metadata(model_bytes, metadata, {LABELS_FILE: labels_txt})
+    return attach_metadata(model_bytes, metadata, {LABELS_FILE: labels_txt}, task="classify")

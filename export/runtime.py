@@ -1,18 +1,38 @@
 """Running a .tflite the way a phone does: ai_edge_litert's Interpreter (XNNPACK by default).
 
 ``TFLiteModel`` is the task-agnostic part (load, quantize inputs, dequantize
-outputs, time); ``TFLiteClassifier`` adds labels and the shared preprocessing.
-A detector runner can reuse ``TFLiteModel`` as is.
+outputs, time); ``TFLiteClassifier`` and ``TFLiteDetector`` add labels and the
+task's outputs, and fit ``pipeline.evaluation.predict``'s protocols.
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import numpy as np
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 from common.errors import UserError
 from export.metadata import read_metadata
+from pipeline.preprocess import preprocess_image
+
+
+# LITERT_KERNELS picks the interpreter's kernels, so the suite can be run as it would run on a CPU
+# whose fast kernels differ (README, "Testing"): "auto" is what phones run (XNNPACK for what it
+# supports), "builtin" the built-in optimized kernels without XNNPACK, "reference" the plain
+# reference kernels.
+KERNELS_ENV = "LITERT_KERNELS"
+KERNELS = {"auto": OpResolverType.AUTO, "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+           "reference": OpResolverType.BUILTIN_REF}
+
+
+def kernel_choice() -> OpResolverType:
+    """The op resolver named by $LITERT_KERNELS (default "auto")."""
+    name = os.environ.get(KERNELS_ENV, "auto") or "auto"
+    if name not in KERNELS:
+        raise UserError(f"{KERNELS_ENV}={name}: expected one of {', '.join(KERNELS)}")
+    return KERNELS[name]
 
 
 def _model_bytes(model: bytes | str | Path) -> tuple[bytes, str]:
@@ -49,11 +69,10 @@ class TFLiteModel:
     """One interpreter over a .tflite with a single image input [1, S, S, 3]."""
 
     def __init__(self, model: bytes | str | Path, threads: int = 1):
-        from ai_edge_litert.interpreter import Interpreter
-
         self.model_bytes, self.name = _model_bytes(model)
         try:
-            self.interpreter = Interpreter(model_content=self.model_bytes, num_threads=threads)
+            self.interpreter = Interpreter(model_content=self.model_bytes, num_threads=threads,
+                                           experimental_op_resolver_type=kernel_choice())
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise UserError(f"{self.name}: not a loadable .tflite model ({str(e).splitlines()[0]})") from None
@@ -111,14 +130,43 @@ class TFLiteClassifier:
 
     def predict_image(self, image: np.ndarray) -> np.ndarray:
         """Raw uint8 [H, W, 3] RGB -> float32 [C] probabilities (resized by the shared preprocessing)."""
-        from pipeline.preprocess import preprocess_image
-
         pixels = preprocess_image(np.asarray(image), self.image_size).numpy()
         return self.predict_batch(pixels[None].astype(np.float32))[0]
 
     def predict_batch(self, images: np.ndarray) -> np.ndarray:
         """float32 [B, S, S, 3] 0..255 (already preprocessed) -> float32 [B, C] probabilities."""
         return self.model.predict_batch(images)
+
+
+class TFLiteDetector:
+    """An exported detector .tflite, run as a phone runs it (ai_edge_litert, XNNPACK).
+
+    Labels come from the model's embedded labels.txt, else labels.txt beside the file.
+    Detections below the op's baked-in score threshold never appear; ``score_threshold``
+    filters further.
+    """
+
+    def __init__(self, model: bytes | str | Path, threads: int = 1, score_threshold: float = 0.0):
+        self.model = TFLiteModel(model, threads=threads)
+        self.path = Path(self.model.name)
+        self.image_size = self.model.image_size
+        self.score_threshold = score_threshold
+        shapes = [tuple(d["shape"]) for d in self.model.outputs]
+        if len(shapes) != 4 or len(shapes[0]) != 3 or shapes[0][-1] != 4 or len(shapes[3]) != 1:
+            raise UserError(f"{self.model.name}: not a detector with outputs boxes, classes, scores, count "
+                            f"(output shapes {shapes})")
+        self.label_names = model_labels(self.path, read_metadata(self.model.model_bytes))
+
+    def detect_batch(self, images: np.ndarray) -> list[dict]:
+        out = []
+        for image in np.asarray(images, np.float32):
+            boxes, classes, scores, count = self.model.run(image[None])
+            n = int(round(float(count[0])))
+            keep = scores[0, :n] >= self.score_threshold
+            out.append({"boxes": np.clip(boxes[0, :n][keep], 0.0, 1.0).astype(np.float32),
+                        "classes": np.round(classes[0, :n][keep]).astype(np.int32),
+                        "scores": scores[0, :n][keep].astype(np.float32)})
+        return out
 
 
 def measure_latency(model_bytes_or_path: bytes | str | Path, runs: int = 50, threads: int = 1,

@@ -1,42 +1,58 @@
-"""Self-verification: an exported classifier must agree with the Keras model it came from.
+"""Self-verification: an exported model must agree with the Keras model it came from.
 
-The .tflite is loaded in the interpreter (as a phone would) and run on the
-evaluation images; its top-1 is compared with the reference model's. Export
-fails when agreement falls below the threshold (a corrupted, mis-calibrated or
-badly pruned model).
+The .tflite is loaded in the interpreter (as a phone would) and run on the whole test split;
+its answers are compared with the reference model's. Export refuses to ship a model whose
+agreement falls below MIN_AGREEMENT (a corrupted, mis-calibrated or badly pruned model).
+
+    classifier: agreement = share of images with the same top-1
+    detector:   agreement = share of the Keras model's confident detections (score >=
+                DISPLAY_THRESHOLD) found again: same class, IoU >= MATCH_IOU; and its mAP@.5 may
+                be at most MAX_MAP_DROP below the Keras model's
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from common.errors import UserError
 from export.runtime import TFLiteModel
+from models.matching import pairwise_iou
+from pipeline.evaluation.report import DISPLAY_THRESHOLD
+
+MATCH_IOU = 0.5  # a detection "found again": same class and at least this overlap
+# Largest mAP@.5 drop (Keras -> .tflite) a detector export may show: what a user would accept for
+# int8, and far more than float32 ever loses (it computes the same function).
+MAX_MAP_DROP = 0.02
 
 
 @dataclass(frozen=True)
 class Verification:
-    """Scores of one exported model on the evaluation images.
+    """How one exported model compares with the Keras model it came from, on the test split.
 
-    agreement:     fraction of images where its top-1 equals the reference model's top-1.
-    accuracy:      its top-1 accuracy against the labels.
-    reference_accuracy: the reference Keras model's accuracy on the same images.
-    max_abs_diff:  largest |probability difference| from the reference, over all images and classes.
+    examples:        images it was run on.
+    agreement:       share of the Keras model's answers it reproduces (classifier: equal top-1;
+                     detector: Keras detections it finds again, same class at IoU >= 0.5).
+    score, reference_score: its quality and the Keras model's on the same images (accuracy, mAP@.5).
+    passed:          agreement >= MIN_AGREEMENT and whatever the task adds (detector: mAP@.5 at
+                     most MAX_MAP_DROP below Keras); ``problem`` says why not.
+    detail:          task-specific figures (max probability difference; mAP@[.5:.95] of both).
     """
 
     examples: int
     agreement: float
-    accuracy: float
-    reference_accuracy: float
-    max_abs_diff: float
+    score: float
+    reference_score: float
+    passed: bool
+    problem: str = ""
+    detail: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def verify_classifier(model_bytes: bytes, images: np.ndarray, labels: np.ndarray,
-                      reference_probs: np.ndarray) -> Verification:
+                      reference_probs: np.ndarray, *, min_agreement: float) -> Verification:
     """Score a .tflite classifier against a reference.
 
     Args:
@@ -51,19 +67,56 @@ def verify_classifier(model_bytes: bytes, images: np.ndarray, labels: np.ndarray
     if probs.shape != reference_probs.shape:
         raise UserError(f"exported model outputs {probs.shape[1:]} but the Keras model {reference_probs.shape[1:]}")
     top1, ref_top1 = probs.argmax(axis=1), reference_probs.argmax(axis=1)
+    agreement = float(np.mean(top1 == ref_top1))
+    passed = agreement >= min_agreement
     return Verification(
-        examples=int(len(labels)),
-        agreement=float(np.mean(top1 == ref_top1)),
-        accuracy=float(np.mean(top1 == labels)),
-        reference_accuracy=float(np.mean(ref_top1 == labels)),
-        max_abs_diff=float(np.max(np.abs(probs - reference_probs))),
+        examples=int(len(labels)), agreement=agreement,
+        score=float(np.mean(top1 == labels)), reference_score=float(np.mean(ref_top1 == labels)),
+        passed=passed, problem="" if passed else f"top-1 agreement {agreement:.1%} < MIN_AGREEMENT {min_agreement:.0%}",
+        detail={"max_abs_diff": float(np.max(np.abs(probs - reference_probs)))},
     )
 
 
-def check_agreement(results: dict[str, Verification], min_agreement: float) -> None:
-    """Raise UserError naming every mode whose top-1 agreement is below ``min_agreement``."""
-    failed = {mode: r for mode, r in results.items() if r.agreement < min_agreement}
-    if failed:
-        detail = ", ".join(f"{mode} {r.agreement:.1%}" for mode, r in failed.items())
-        raise UserError(f"exported model disagrees with the Keras model on the test split ({detail}; "
-                        f"MIN_AGREEMENT={min_agreement:.0%}); not shipping it")
+def detection_agreement(reference: list[dict], candidate: list[dict], threshold: float = DISPLAY_THRESHOLD) -> float:
+    """Share of ``reference``'s detections with score >= threshold that ``candidate`` finds again
+    (same class, IoU >= MATCH_IOU, any score >= the op's own threshold; each used once).
+
+    Both: per image, {"boxes" float32 [K, 4] normalized [ymin, xmin, ymax, xmax], "classes" int [K],
+    "scores" float32 [K]}. 1.0 when the reference has no confident detection.
+    """
+    wanted = found = 0
+    for ref, cand in zip(reference, candidate):
+        keep = np.asarray(ref["scores"]) >= threshold
+        ref_boxes, ref_classes = np.asarray(ref["boxes"])[keep], np.asarray(ref["classes"])[keep]
+        wanted += len(ref_boxes)
+        if not len(ref_boxes) or not len(cand["boxes"]):
+            continue
+        iou = np.asarray(pairwise_iou(np.asarray(ref_boxes, np.float32), np.asarray(cand["boxes"], np.float32)))
+        same = ref_classes[:, None] == np.asarray(cand["classes"])[None, :]
+        iou = np.where(same, iou, 0.0)
+        used = set()
+        for i in np.argsort(-np.asarray(ref["scores"])[keep], kind="stable"):
+            order = [j for j in np.argsort(-iou[i], kind="stable") if j not in used and iou[i, j] >= MATCH_IOU]
+            if order:
+                used.add(order[0])
+                found += 1
+    return 1.0 if wanted == 0 else found / wanted
+
+
+def verify_detector(reference_metrics: dict, reference_preds: list[dict], metrics: dict, preds: list[dict], *,
+                    min_agreement: float, max_map_drop: float = MAX_MAP_DROP) -> Verification:
+    """Judge a .tflite detector's test-split results against the Keras model's (coco_eval metrics
+    and per-image predictions, in the same image order)."""
+    agreement = detection_agreement(reference_preds, preds)
+    drop = reference_metrics["map50"] - metrics["map50"]
+    problems = []
+    if agreement < min_agreement:
+        problems.append(f"finds {agreement:.1%} of the Keras detections again < MIN_AGREEMENT {min_agreement:.0%}")
+    if drop > max_map_drop:
+        problems.append(f"mAP@.5 {metrics['map50']:.3f} is {drop:.3f} below Keras's {reference_metrics['map50']:.3f} "
+                        f"(at most {max_map_drop} allowed)")
+    return Verification(
+        examples=int(metrics["images"]), agreement=float(agreement), score=float(metrics["map50"]),
+        reference_score=float(reference_metrics["map50"]), passed=not problems, problem="; ".join(problems),
+        detail={"map": float(metrics["map"]), "keras_map": float(reference_metrics["map"])},
+    )

@@ -15,7 +15,6 @@ never leaves a chief writing the trial store behind the rerun's back.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -55,7 +54,7 @@ def run_local_cluster(folder, workers: int, *, data_dir: Path | None = None, ora
     connect_ip = "127.0.0.1" if oracle_ip in ("0.0.0.0", "") else oracle_ip
     logs = folder.root / "cluster"
     logs.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "tuning.distributed", str(folder.root)]
+    cmd = [sys.executable, "-m", "tuning.worker", str(folder.root)]
     if data_dir is not None:
         cmd += ["--data-dir", str(data_dir)]
     if not verbose:
@@ -98,27 +97,3 @@ def run_local_cluster(folder, workers: int, *, data_dir: Path | None = None, ora
                 p.wait()
         for f in files:
             f.close()
-
-
-def _main(argv: list[str] | None = None) -> int:
-    """One cluster member (chief or worker, from the environment) for ``run_local_cluster``."""
-    parser = argparse.ArgumentParser(description="one Keras Tuner chief or worker for RUN/tuning")
-    parser.add_argument("tuning_dir", type=Path)
-    parser.add_argument("--data-dir", type=Path, default=None)
-    parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-    from common.run_folder import read_json
-    from pipeline.sources.specs import open_source
-    from tuning.search import TuneConfig, TuningFolder, run_trials
-
-    folder = TuningFolder(args.tuning_dir)
-    cfg = TuneConfig.from_dict(read_json(folder.settings))
-    source = open_source(cfg.data, cfg.task, data_dir=args.data_dir, seed=cfg.seed)
-    run_trials(cfg, source, folder, verbose=0 if args.quiet else 1)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main())

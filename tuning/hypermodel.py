@@ -114,7 +114,7 @@ class SSDHyperModel(keras_tuner.HyperModel):
 
     def trial_config(self, hp):
         """The DetectTrainConfig of this trial: its SSD and learning rate, the search's epochs."""
-        from pipeline.training.detector import default_ssd
+        from models.presets import default_ssd
         from tuning.space import sample_ssd_config
 
         sample_ssd_config(hp, self.tune_cfg.space, default_ssd())  # Keras Tuner learns the space from these calls

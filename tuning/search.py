@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 
 from common.errors import ConfigError, UserError
 from common.run_folder import RunFolder, write_json, write_text
+from common.run_lock import LOCK_FILE
 from tuning.objective import QUALITIES, ObjectiveConfig, TrialRecord, choose_best, explain_best
 from tuning.space import SPACES, SearchSpace, SSDSearchSpace
 
@@ -134,7 +135,8 @@ class TuneConfig:
         hp = keras_tuner.HyperParameters()
         hp.values.update(hyperparameters)
         if self.task == "detect":
-            from pipeline.training.detector import DetectTrainConfig, default_ssd
+            from models.presets import default_ssd
+            from pipeline.training.detector import DetectTrainConfig
             from tuning.space import sample_ssd_config
 
             ssd, learning_rate = sample_ssd_config(hp, self.space, default_ssd())
@@ -402,13 +404,24 @@ def prepare_tuning_folder(run: RunFolder, folder: TuningFolder, cfg: TuneConfig,
                              if saved_identity.get(k) != cfg.search_identity().get(k))
             raise UserError(f"{folder.root}: holds a search with different settings ({', '.join(changed)}); "
                             f"use another RUN=, or FORCE=1 to replace it")
-        shutil.rmtree(run.root)
-    elif run.root.exists() and any(run.root.iterdir()):
+        _clear_run_folder(run)
+    elif run.root.exists() and any(p.name != LOCK_FILE for p in run.root.iterdir()):
         if not force:
             raise UserError(f"{run.root}: already holds a run that was not made by `make tune`; "
                             f"use another RUN=, or FORCE=1 to replace it")
-        shutil.rmtree(run.root)
+        _clear_run_folder(run)
     return "new"
+
+
+def _clear_run_folder(run: RunFolder) -> None:
+    """Everything in RUN but the lock this command holds (removing it would let a second command in)."""
+    for path in run.root.iterdir():
+        if path.name == LOCK_FILE:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def _clear_final_model(run: RunFolder) -> None:

@@ -1,4 +1,8 @@
-"""Predict one image: a Label / Probability table from a run folder's Keras model or an exported .tflite."""
+"""What `make predict` shows: a Label / Probability table, or a Label / Score / box table and a PNG
+with the boxes drawn. Works on any model behind the ``Classifier`` or ``Detector`` protocol (a run's
+Keras model or an exported .tflite, see ``tasks``); every one takes raw RGB pixels through the
+shared ``preprocess_image``.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,8 +12,9 @@ import numpy as np
 
 from common.errors import UserError
 from common.run_folder import RunFolder
-from pipeline.sources.images import load_rgb
+from pipeline.evaluation.report import DISPLAY_THRESHOLD, draw_detections
 from pipeline.preprocess import preprocess_for_model
+from pipeline.sources.images import load_rgb
 
 
 class Classifier(Protocol):
@@ -19,38 +24,12 @@ class Classifier(Protocol):
         """uint8 [H, W, 3] raw RGB -> float32 [num_classes] probabilities."""
 
 
-class KerasClassifier:
-    """The run folder's model.keras, fed through the shared preprocessing."""
+class Detector(Protocol):
+    label_names: list[str]
+    image_size: int
 
-    def __init__(self, run_dir: Path):
-        import keras
-
-        run = RunFolder(Path(run_dir))
-        model_path = run.require_model()
-        self.label_names = run.read_labels()
-        self.image_size = int(run.read_config()["image_size"])
-        self.model = keras.models.load_model(model_path)
-
-    def predict_image(self, image: np.ndarray) -> np.ndarray:
-        return np.asarray(self.model(preprocess_for_model(image, self.image_size), training=False))[0]
-
-
-def load_classifier(run_dir: Path | None, model_path: Path | None = None) -> Classifier:
-    """MODEL=...tflite runs the exported model as a phone would; otherwise RUN's model.keras."""
-    if model_path is not None:
-        model_path = Path(model_path)
-        if not model_path.exists():
-            raise UserError(f"{model_path}: model file not found")
-        if model_path.suffix == ".tflite":
-            from export.runtime import TFLiteClassifier
-
-            return TFLiteClassifier(model_path)
-        if model_path.suffix == ".keras":
-            return KerasClassifier(model_path.parent)
-        raise UserError(f"{model_path}: unknown model type (expected .keras or .tflite)")
-    if run_dir is None:
-        raise UserError("predict needs RUN= (a trained run folder) or MODEL= (a .keras or .tflite file)")
-    return KerasClassifier(Path(run_dir))
+    def detect_batch(self, images: np.ndarray) -> list[dict]:
+        """float32 [B, S, S, 3] 0..255 -> B dicts {"boxes" float32 [K, 4], "classes" int32 [K], "scores" float32 [K]}."""
 
 
 def top_k(probs: np.ndarray, label_names, k: int = 5) -> list[tuple[str, float]]:
@@ -76,3 +55,40 @@ def default_image(run_dir: Path) -> Path:
     if not samples:
         raise UserError(f"no IMAGE= given and {run_dir}/samples/ has no sample images; pass IMAGE=path/to/image")
     return samples[0]
+
+
+def detect_image(detector: Detector, image: np.ndarray, score_threshold: float = DISPLAY_THRESHOLD) -> dict:
+    """Raw uint8 [H, W, 3] -> {"boxes", "classes", "scores"} with score >= threshold, best first."""
+    d = detector.detect_batch(preprocess_for_model(image, detector.image_size))[0]
+    keep = np.asarray(d["scores"]) >= score_threshold
+    order = np.argsort(-np.asarray(d["scores"])[keep], kind="stable")
+    return {k: np.asarray(v)[keep][order] for k, v in d.items()}
+
+
+def detection_rows(detections: dict, label_names) -> list[tuple[str, float, tuple[float, ...]]]:
+    """(label, score, (ymin, xmin, ymax, xmax)) per detection."""
+    return [(label_names[int(c)] if 0 <= int(c) < len(label_names) else f"class {int(c)}", float(s),
+             tuple(float(v) for v in b))
+            for b, c, s in zip(detections["boxes"], detections["classes"], detections["scores"])]
+
+
+def format_detection_table(rows) -> str:
+    """A Label / Score / ymin xmin ymax xmax table (box normalized to the image)."""
+    width = max(len("Label"), *(len(name) for name, _, _ in rows)) if rows else len("Label")
+    lines = [f"{'Label':<{width}}  Score   ymin   xmin   ymax   xmax",
+             f"{'-' * width}  -----  -----  -----  -----  -----"]
+    lines += [f"{name:<{width}}  {score:5.3f}  " + "  ".join(f"{v:5.3f}" for v in box) for name, score, box in rows]
+    if not rows:
+        lines.append("(no detections)")
+    return "\n".join(lines)
+
+
+def predict_detections(detector: Detector, image_path: Path, out_png: Path,
+                       score_threshold: float = DISPLAY_THRESHOLD) -> list[tuple[str, float, tuple[float, ...]]]:
+    """Detect objects in one image file and draw them to ``out_png`` (e.g. RUN/predictions/<name>.png;
+    not beside the image, where it would become the next sample). Returns the table rows
+    (see ``detection_rows``), best first."""
+    image = load_rgb(Path(image_path))
+    detections = detect_image(detector, image, score_threshold)
+    draw_detections(image, detections, detector.label_names, Path(out_png))
+    return detection_rows(detections, detector.label_names)

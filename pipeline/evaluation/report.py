@@ -1,4 +1,5 @@
-"""The run folder's Markdown report and its PNG plots (matplotlib, no display needed)."""
+"""The run folder's Markdown reports and their PNG plots (matplotlib, no display needed), for both
+tasks: training curves, confusion matrix, detections drawn on images, the training reports."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,8 +9,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib import patches  # noqa: E402
 
 from common.run_folder import atomic_path, write_text  # noqa: E402
+
+DISPLAY_THRESHOLD = 0.4  # score below which a detection is not shown or listed
 
 
 def save_figure(fig, path: Path) -> None:
@@ -54,7 +58,7 @@ def plot_confusion_matrix(cm, label_names, path: Path) -> None:
     save_figure(fig, path)
 
 
-def _table(header: list[str], rows: list[list]) -> str:
+def table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -76,7 +80,7 @@ def write_training_report(path: Path, *, config: dict, metrics: dict, label_name
         f"({len(label_names)} classes), after {metrics['epochs_run']} epochs in {metrics['train_seconds']:.0f} s.",
         "",
         "## Data",
-        _table(["split", "images"], [[k, v] for k, v in metrics["split_sizes"].items()]),
+        table(["split", "images"], [[k, v] for k, v in metrics["split_sizes"].items()]),
         "",
         "## Model",
         f"CNN: {config['cnn']['filters']} filters (kernel {config['cnn']['kernel_size']}, "
@@ -88,7 +92,7 @@ def write_training_report(path: Path, *, config: dict, metrics: dict, label_name
         "![training curves](plots/training_curves.png)",
         "",
         "## Test results",
-        _table(["class", "precision", "recall", "F1", "images"], per_class),
+        table(["class", "precision", "recall", "F1", "images"], per_class),
         "",
         "![confusion matrix](plots/confusion_matrix.png)",
         "",
@@ -102,5 +106,104 @@ def write_training_report(path: Path, *, config: dict, metrics: dict, label_name
         parts += [f"- `{s.path}`: {s.problem}" for s in skipped[:200]]
         if len(skipped) > 200:
             parts.append(f"- … and {len(skipped) - 200} more")
+        parts.append("")
+    write_text(path, "\n".join(parts))
+
+
+def draw_detections(image: np.ndarray, detections: dict, label_names, path: Path, *, truth: dict | None = None) -> None:
+    """Write a PNG of ``image`` with predicted boxes (solid, labelled with score) and true boxes (dashed).
+
+    detections: {"boxes" [K, 4], "classes" [K], "scores" [K]}; truth: {"boxes" [N, 4], "labels" [N]}.
+    """
+    h, w = image.shape[:2]
+    colours = plt.get_cmap("tab10")
+    fig, ax = plt.subplots(figsize=(4, 4 * h / w))
+    ax.imshow(image)
+    ax.set_axis_off()
+
+    def rect(box, colour, style):
+        ymin, xmin, ymax, xmax = (float(v) for v in box)
+        ax.add_patch(patches.Rectangle((xmin * w - 0.5, ymin * h - 0.5), (xmax - xmin) * w, (ymax - ymin) * h,
+                                       fill=False, edgecolor=colour, linewidth=1.6, linestyle=style))
+
+    if truth is not None:
+        for box, label in zip(truth["boxes"], truth["labels"]):
+            rect(box, "white", "--")
+    for box, cls, score in zip(detections["boxes"], detections["classes"], detections["scores"]):
+        colour = colours(int(cls) % 10)
+        rect(box, colour, "-")
+        name = label_names[int(cls)] if 0 <= int(cls) < len(label_names) else str(int(cls))
+        ax.text(float(box[1]) * w, float(box[0]) * h - 1, f"{name} {float(score):.2f}", color="white", fontsize=7,
+                va="bottom", bbox={"facecolor": colour, "alpha": 0.8, "pad": 1, "linewidth": 0})
+    save_figure(fig, path)
+
+
+def plot_loss_curves(history: dict[str, list[float]], path: Path) -> None:
+    """Training and validation SSD loss per epoch."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for key, label, style in (("loss", "train", "-o"), ("val_loss", "validation", "-s")):
+        if history.get(key):
+            ax.plot(np.arange(1, len(history[key]) + 1), history[key], style, ms=3, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("SSD loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    save_figure(fig, path)
+
+
+def plot_detection_examples(root: Path, examples, preds: list[dict], label_names, count: int) -> list[str]:
+    """PNGs (root/plots/example_NN.png) of the first ``count`` of ``examples`` (schema examples of the
+    split that was scored) with predicted (solid, score >= DISPLAY_THRESHOLD) and true (dashed) boxes;
+    ``preds`` are the evaluation's predictions, in the split's order. Returns their names under root."""
+    names = []
+    for i, ex in enumerate(examples.take(min(count, len(preds)))):
+        keep = preds[i]["scores"] >= DISPLAY_THRESHOLD
+        shown = {k: v[keep] for k, v in preds[i].items()}
+        truth = {"boxes": ex["boxes"].numpy(), "labels": ex["labels"].numpy()}
+        name = f"plots/example_{i:02d}.png"
+        draw_detections(ex["image"].numpy(), shown, label_names, root / name, truth=truth)
+        names.append(name)
+    return names
+
+
+def _fmt(v) -> str:
+    return "–" if v is None else f"{v:.3f}"
+
+
+def write_detection_report(path: Path, *, config: dict, metrics: dict, examples: list[str], skipped=()) -> None:
+    test = metrics["test"]
+    ssd = config["ssd"]
+    a = ssd["anchors"]
+    per_class = [[name, _fmt(m["ap"]), _fmt(m["ap50"]), m["objects"]] for name, m in test["per_class"].items()]
+    parts = [
+        f"# Detection training report: {config['data']}",
+        "",
+        f"**Test mAP@.5 {test['map50']:.3f}, mAP@[.5:.95] {test['map']:.3f}** (COCO, pycocotools) on "
+        f"{test['images']} images with {test['objects']} objects ({metrics['test_split']} split), after "
+        f"{metrics['epochs_run']} epochs in {metrics['train_seconds']:.0f} s. mAP@.75 {test['map75']:.3f}.",
+        "",
+        "## Data",
+        table(["split", "images"], [[k, v] for k, v in metrics["split_sizes"].items()]),
+        "",
+        "## Model",
+        f"SSD ({ssd['head']} heads) on MobileNetV2 alpha {ssd['alpha']}, input {a['input_size']}x{a['input_size']} "
+        f"RGB 0..255; feature strides {a['strides']}, anchor scales {a['min_scale']}..{a['max_scale']}, "
+        f"aspect ratios {a['aspect_ratios']}; {metrics['parameters']:,} parameters.",
+        "",
+        "## Training curves",
+        "![training curves](plots/training_curves.png)",
+        "",
+        "## Test results (AP per class)",
+        table(["class", "AP@[.5:.95]", "AP@.5", "objects"], per_class),
+        "",
+        "## Examples (solid: predicted, dashed: true)",
+        "",
+        *[f"![example]({name})" for name in examples],
+        "",
+    ]
+    if skipped:
+        parts += [f"## Skipped samples ({len(skipped)})", ""]
+        parts += [f"- `{s.path}`: {s.problem}" for s in skipped[:200]]
         parts.append("")
     write_text(path, "\n".join(parts))

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
-from PIL import Image, UnidentifiedImageError
 
 from common.errors import ConfigError, DataError
-from pipeline.sources.images import load_rgb
+from pipeline.sources.images import header_size, load_rgb
 from pipeline.sources.schema import SPLITS, Skipped, Source
 
 SKIP_HINT = "; fix or remove it, or pass SKIP_BAD=1 to skip and count bad samples"
@@ -80,16 +79,15 @@ def seeded_split(items: list, fractions: tuple[float, ...], seed: int) -> list[l
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the image header, without decoding the pixels."""
+    """(width, height) from the image header, without decoding the pixels.
+
+    Raises:
+        DataError: missing or unreadable image, or one above ``images.MAX_IMAGE_PIXELS`` (so a
+            decompression bomb is skipped and counted under skip_bad like any other bad sample).
+    """
     if not path.is_file():
         raise DataError(path, "image file not found")
-    try:
-        with Image.open(path) as img:
-            return img.size
-    except UnidentifiedImageError:
-        raise DataError(path, "not an image file (unrecognised format)") from None
-    except OSError as e:
-        raise DataError(path, f"unreadable image ({e})") from None
+    return header_size(path)
 
 
 def keep_or_skip(results: list, skipped: list[Skipped], skip_bad: bool) -> list:

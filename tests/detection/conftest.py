@@ -75,9 +75,14 @@ def trained_detector(tmp_path_factory, overfit_source):
 
 @pytest.fixture(scope="session")
 def exported(trained_detector, overfit_source):
-    """(run, export_detector's results) for RUN/export/detector-{float32,int8}.tflite, verified on export."""
-    from export.detector_convert import export_detector
+    """(run, {mode: {"path", "verify"}}) for RUN/export/model_{float32,int8}.tflite, exported through the
+    export contract (verified on the test split before anything is written)."""
+    from export.detector_export import DetectorExport
+    from export.exporter import ExportConfig, export_run
 
     run, _, _ = trained_detector
-    return run, export_detector(run, ("float32", "int8"), source=overfit_source, calibration_images=8,
-                                verify_images=8)
+    cfg = ExportConfig(modes=("float32", "int8"), calib=8, min_agreement=0.9, latency_runs=3)
+    card = export_run(DetectorExport(run, cfg, source=overfit_source, log=lambda *_: None), run, cfg,
+                      log=lambda *_: None)
+    return run, {mode: {"path": str(run / "export" / entry["file"]), "verify": entry["verification"],
+                        "card": card} for mode, entry in card["models"].items()}

@@ -4,7 +4,8 @@ import pytest
 from PIL import Image
 
 from common.errors import UserError
-from pipeline.evaluation.detect_predict import (detection_rows, format_detection_table, load_detector, predict_detections)
+from pipeline.evaluation.predict import detection_rows, format_detection_table, predict_detections
+from tasks.detect import evaluate_detection_run, load_detector
 from pipeline.sources.images import load_rgb
 
 
@@ -69,8 +70,6 @@ def test_missing_model_is_a_user_error(tmp_path):
 
 
 def test_evaluate_run_reproduces_training_metrics_for_keras_and_scores_the_tflite(exported, trained_detector, data_dir):
-    from pipeline.evaluation.detect_predict import evaluate_detection_run
-
     run, results = exported
     _, metrics, _ = trained_detector
     # The run's DATA= spec, split "train": the 8 images its test metrics were computed on.

@@ -7,6 +7,7 @@ from export.detector_convert import (OUTPUT_NAMES, POSTPROCESS_OP, anchors_cente
                                     op_names, order_detection_outputs, PostProcess)
 from export.metadata import MODEL_FILE_IDENTIFIER, schemas, read_metadata
 from export.runtime import TFLiteModel
+from export.verify import MAX_MAP_DROP
 from models.anchors import AnchorConfig, generate_anchors
 
 
@@ -64,10 +65,16 @@ def test_box_deltas_and_class_logits_are_taken_before_the_final_concatenation(ex
 def test_exported_models_agree_with_keras_on_their_images(exported):
     _, results = exported
     # float32: the op's per-class NMS is the Keras evaluation's, so the two score the same
-    v = results["float32"]["verify"]
-    assert abs(v["tflite_map50"] - v["keras_map50"]) <= 0.01 and abs(v["tflite_map"] - v["keras_map"]) <= 0.01, v
-    v = results["int8"]["verify"]
-    assert v["tflite_map50"] >= v["keras_map50"] - 0.25, v
+    # float32 computes the Keras model's function, per-class NMS included: every confident Keras
+    # detection is found again. The bound on mAP is the export's own contract (MAX_MAP_DROP), which
+    # the int8 model must meet as well; it is checked on the whole test split.
+    for mode in ("float32", "int8"):
+        v = results[mode]["verify"]
+        assert v["passed"] and v["examples"] == 8, v
+        assert v["reference_score"] - v["score"] <= MAX_MAP_DROP, v
+    assert results["float32"]["verify"]["agreement"] == 1.0
+    assert results["int8"]["card"]["task"] == "detect"
+    assert read_metadata(_bytes(results, "int8")).task == "detect"
 
 
 def test_order_detection_outputs_fixes_a_shuffled_output_list(exported):

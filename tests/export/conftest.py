@@ -50,8 +50,8 @@ def tiny_run(tmp_path_factory, export_data_dir):
 
 @pytest.fixture(scope="session")
 def export_data(tiny_run, export_data_dir):
-    """export.exporter.ExportData for the tiny run (model, calibration and test images)."""
-    from export.exporter import load_export_data
+    """export.classifier_export.ExportData for the tiny run (model, calibration and test images)."""
+    from export.classifier_export import load_export_data
 
     return load_export_data(tiny_run, calib=16, data_dir=export_data_dir)
 

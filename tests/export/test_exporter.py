@@ -7,14 +7,22 @@ import shutil
 import pytest
 
 from common.errors import UserError
-from export.command import add_export_args, run_export
-from export.exporter import ExportConfig, export_run, parse_modes
+from export.command import add_export_args, export_config
+from export.exporter import ExportConfig, parse_modes
+from tasks import task_named, task_of
+from tasks.classify import load_classifier
+
+
+def run_export(args):
+    """What `cli.py export` does, without the lock."""
+    return task_of(args.run).export(args.run, export_config(args), data_dir=args.data_dir, log=lambda *_: None)
 
 
 @pytest.fixture(scope="module")
 def exported(tiny_run, export_data_dir):
-    card = export_run(tiny_run, ExportConfig(modes=("float32", "int8"), calib=16, min_agreement=0.9,
-                                             latency_runs=5), data_dir=export_data_dir, log=lambda *_: None)
+    card = task_named("classify").export(tiny_run, ExportConfig(modes=("float32", "int8"), calib=16, min_agreement=0.9,
+                                                                latency_runs=5), data_dir=export_data_dir,
+                                         log=lambda *_: None)
     return tiny_run / "export", card
 
 
@@ -34,7 +42,7 @@ def test_export_writes_models_card_and_report(exported):
 def test_predict_runs_the_exported_model(exported, export_data):
     from PIL import Image
 
-    from pipeline.evaluation.predict import load_classifier, predict_file
+    from pipeline.evaluation.predict import predict_file
 
     out, _ = exported
     image_path = out.parent / "sample.png"

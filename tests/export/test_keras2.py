@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from export import keras2
-from export.exporter import _predict
+from export.classifier_export import predict_probabilities
+from tests.export.tolerances import FLOAT32_PROBABILITY_TOLERANCE
 
 
 def test_round_trip_through_tf_keras_is_exact(export_data):
@@ -12,9 +13,11 @@ def test_round_trip_through_tf_keras_is_exact(export_data):
     twin = keras2.to_tf_keras(export_data.model, build)
     back = keras2.to_keras3(twin, build)
     images = export_data.test_images[:8]
-    reference = _predict(export_data.model, images)
-    assert np.max(np.abs(_predict(twin, images) - reference)) < 1e-5
-    np.testing.assert_array_equal(_predict(back, images), reference)
+    reference = predict_probabilities(export_data.model, images)
+    # tf_keras and Keras 3 run the same TensorFlow kernels on the same float32 weights; only the
+    # graph around them differs, so any difference is float32 rounding
+    assert np.max(np.abs(predict_probabilities(twin, images) - reference)) < FLOAT32_PROBABILITY_TOLERANCE
+    np.testing.assert_array_equal(predict_probabilities(back, images), reference)
 
 
 def test_qat_model_has_fake_quant_and_pinned_input_range(qat_model, export_data):

@@ -1,8 +1,12 @@
+import struct
+import zlib
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from common.errors import ConfigError, DataError
+from pipeline.sources import images
 from pipeline.sources.folder_source import open_folder
 from pipeline.sources.specs import open_source
 
@@ -94,3 +98,41 @@ def test_empty_and_missing_folders(tmp_path):
         open_source(f"folder:{tmp_path / 'nowhere'}")
     with pytest.raises(ConfigError, match="needs a path"):
         open_source("folder:")
+
+
+def _bomb(path, width=20000, height=20000):
+    """A valid all-black 1-bit PNG, ~48 KB on disk at 20000x20000, written row by row so that
+    building it allocates almost nothing."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    z = zlib.compressobj(9)
+    row = b"\0" * (1 + (width + 7) // 8)
+    pixels = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+    return path
+
+
+def test_decompression_bomb_stops_naming_the_file_or_is_skipped(tmp_path):
+    root = _tree(tmp_path / "pets")
+    bomb = _bomb(root / "dog" / "big.png")
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(DataError, match=r"400\.0 Mpx, above the 80 Mpx limit.*pass SKIP_BAD=1") as e:
+        open_source(f"folder:{root}")
+    assert e.value.path == str(bomb) and "\n" not in str(e.value)
+
+    src = open_source(f"folder:{root}", skip_bad=True)
+    assert [s.path for s in src.skipped] == [str(bomb)]
+    assert "above the 80 Mpx limit" in src.skipped[0].problem
+    assert sum(src.split_sizes.values()) == 20  # every other file kept
+
+
+def test_image_just_above_the_pixel_limit_is_skipped_just_below_kept(tmp_path, monkeypatch):
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 12 * 10)  # the _tree images are 12x10
+    root = _tree(tmp_path / "pets")
+    _bomb(root / "cat" / "wide.png", width=11, height=11)  # 121 px: one over
+    _bomb(root / "cat" / "tall.png", width=1, height=120)  # exactly at the limit
+    src = open_source(f"folder:{root}", skip_bad=True)
+    assert [s.path.rsplit("/", 1)[-1] for s in src.skipped] == ["wide.png"]
+    assert sum(src.split_sizes.values()) == 21

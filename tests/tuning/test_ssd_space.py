@@ -7,7 +7,8 @@ import keras_tuner as kt
 import pytest
 
 from common.errors import ConfigError
-from pipeline.training.detector import DetectTrainConfig, default_ssd
+from models.presets import default_ssd
+from pipeline.training.detector import DetectTrainConfig
 from tuning.objective import MAP, ObjectiveConfig, TrialRecord, explain_best
 from tuning.search import TuneConfig
 from tuning.space import SSDSearchSpace, SearchSpace, load_space, sample_ssd_config
