@@ -24,7 +24,7 @@ def quiet_tensorflow() -> None:
     """Import TensorFlow now, silently (see the module docstring); a no-op when VERBOSE is set."""
     if verbose() or "tensorflow" in sys.modules:
         return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # errors too: "failed call to cuInit" on a machine with no GPU
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:
