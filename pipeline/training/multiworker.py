@@ -26,7 +26,7 @@ from pathlib import Path
 from common.errors import ConfigError
 from common.processes import die_with_parent, free_ports, tail
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository (cli.py)
 HOST = "127.0.0.1"
 STOP_GRACE_SECONDS = 5  # a worker blocked in a collective op cannot run its SIGTERM handler; then SIGKILL
 _OWN_FLAGS = ("--workers", "--strategy")  # set by the launcher, not passed on to the workers
