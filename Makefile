@@ -83,7 +83,7 @@ export: $(STAMP)
 		$(call opt,--min-agreement,$(MIN_AGREEMENT)) $(call opt,--int8-io,$(INT8_IO)) $(call opt,--data-dir,$(DATA_DIR))
 
 bench: $(STAMP)
-	VERBOSE=$(VERBOSE) $(PY) cli.py bench --out runs/bench $(call opt,--only,$(BENCH)) $(call opt,--data-dir,$(DATA_DIR))
+	VERBOSE=$(VERBOSE) $(PY) cli.py bench --out runs/bench $(call opt,--only,$(BENCH)) $(call opt,--data-dir,$(DATA_DIR)) $(call flag,--smoke,$(SMOKE))
 
 # --durations: the suite's slowest tests, so its time stays visible in CI logs
 test: $(STAMP)

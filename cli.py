@@ -87,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--only", default="all", help="comma-separated subset of: pipeline, export, tuning, "
                                                  "detection, detector-int8, distribute (default all)")
     p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--smoke", action="store_true", help="tiny sizes: check every benchmark runs (numbers mean nothing)")
     return parser
 
 
@@ -165,7 +166,7 @@ def cmd_tune(args) -> None:
 def cmd_bench(args) -> None:
     from benchmarks.suite import parse_names, run_benchmarks
 
-    run_benchmarks(parse_names(args.only), args.out, data_dir=args.data_dir)
+    run_benchmarks(parse_names(args.only), args.out, data_dir=args.data_dir, smoke=args.smoke)
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "tune": cmd_tune, "export": cmd_export, "bench": cmd_bench}

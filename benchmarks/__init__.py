@@ -1,1 +1,4 @@
-"""`make bench`: throughput, latency and memory measurements (never run as timed tests)."""
+"""`make bench`: throughput, latency and memory measurements.
+
+Never timed by the tests; tests/benchmarks runs each one at smoke size (``smoke=True``) to check it works.
+"""

@@ -10,19 +10,58 @@ Reported (targets in brackets):
 
 The number of epochs is set so that training fits the budget: the model's measured
 consumption rate times the training time left, over the train split's size.
+
+Data comes from ``data_dir`` (default: the project's, see ``benchmarks.data_paths``).
+``smoke=True`` trains a tiny 64 px detector for one epoch on a few images: it checks the
+benchmark works end to end; its mAP and timings mean nothing.
 """
 from __future__ import annotations
 
 import math
 import platform
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from benchmarks.data_paths import resolve_data_dir
 from common.run_folder import write_json, write_text
+from models.anchors import AnchorConfig
+from models.ssd import SSDConfig
 
 TARGETS = {"map50": 0.90, "map": 0.60, "int8_map50_gap": 0.02, "latency_ratio": 0.5, "pipeline_ratio": 3.0}
 RESERVE_S = 360  # after training: test evaluation, two conversions, tflite scoring, latency
+
+
+@dataclass(frozen=True)
+class DetectionSize:
+    """How large the benchmark is.
+
+    data: the DATA= spec when the caller gives none.
+    ssd: the detector (None: ``DetectTrainConfig``'s default).
+    batch_size: None: ``DetectTrainConfig``'s.
+    epochs: None: as many as fit the time budget; else exactly this many.
+    pipeline_seconds, consumption_steps: timing of the pipeline and consumption measurements.
+    calibration_images: of the int8 export; latency_runs: per exported model.
+    """
+
+    data: str = "shapes"
+    ssd: SSDConfig | None = None
+    batch_size: int | None = None
+    epochs: int | None = None
+    pipeline_seconds: float = 20.0
+    consumption_steps: int = 15
+    calibration_images: int = 100
+    latency_runs: int = 100
+
+
+# The smallest detector of the default's kind (MobileNetV2 SSDLite): 64 px input, two levels, thin heads.
+SMOKE_SSD = SSDConfig(anchors=AnchorConfig(input_size=64, strides=(16, 32), min_scale=0.25, max_scale=0.5),
+                      alpha=0.35, head_depth=0, head_filters=16, extra_filters=32)
+FULL = DetectionSize()
+SMOKE = DetectionSize(
+    data="shapes:train=16,validation=8,test=8,size=64", ssd=SMOKE_SSD, batch_size=8, epochs=1, pipeline_seconds=0.3, consumption_steps=2,
+    calibration_images=4, latency_runs=5,
+)
 
 
 def _images_per_second(iterator, batch_of, seconds: float, warmup: int = 2) -> float:
@@ -65,47 +104,69 @@ def measure_consumption(source, cfg, steps: int = 15) -> dict:
     return {"images_per_s": steps * len(x) / (time.perf_counter() - t), "trace_seconds": trace_s}
 
 
-def _tflite_test_metrics(path: Path, source, cfg, labels) -> dict:
-    from pipeline.evaluation.coco_eval import evaluate_detector
-    from pipeline.evaluation.detect_predict import TFLiteDetector
-    from pipeline.detection_dataset import detection_eval_dataset
+def export_and_verify(run: Path, data_dir: Path, size: DetectionSize) -> dict:
+    """mode -> (.tflite bytes, ``export.verify.Verification`` on the whole test split) for float32
+    and int8, through the detector's export target (``tasks``), each written to RUN/export/model_<mode>.tflite.
 
-    batches = detection_eval_dataset(source, "test", cfg.image_size, 32)
-    metrics, _, _ = evaluate_detector(TFLiteDetector(path).detect_batch, batches, labels)
-    return metrics
+    Not ``export_run``: it refuses to go on past a model that fails verification, and a
+    benchmark reports the figures whatever they are (min_agreement 0, and the mAP drop is
+    reported, not judged).
+    """
+    from common.run_folder import write_bytes
+    from export.exporter import ExportConfig
+    from tasks import task_named
+
+    cfg = ExportConfig(modes=("float32", "int8"), calib=size.calibration_images, min_agreement=0.0)
+    target = task_named("detect").export_target(run, cfg, data_dir=data_dir, log=print)
+    out = {}
+    for mode in cfg.modes:
+        model_bytes = target.convert(mode, cfg, print)
+        out[mode] = (model_bytes, target.verify(mode, model_bytes, cfg))
+        write_bytes(run / "export" / f"model_{mode}.tflite", model_bytes)  # the names `make export` uses
+    return out
 
 
-def run_detection_benchmark(out_dir: Path, minutes: float = 30, *, data: str = "shapes",
-                            data_dir: Path | None = None, seed: int = 0) -> dict:
-    """Train, export and measure; writes OUT/detection_bench.json and .md. Returns the results."""
-    from export.detector_convert import export_detector
+def run_detection_benchmark(out_dir: Path, minutes: float = 30, *, data: str | None = None,
+                            data_dir: Path | None = None, seed: int = 0, smoke: bool = False) -> dict:
+    """Train, export and measure; writes OUT/detection_bench.json and .md. Returns the results.
+
+    ``data``: a detection DATA= spec (None: the size's, the built-in shapes). ``data_dir``: where
+    tfds data is prepared (None: the project's default). ``smoke``: tiny sizes (see ``SMOKE``).
+    """
     from export.runtime import measure_latency
     from pipeline.sources.specs import open_source
     from pipeline.training.detector import DetectTrainConfig, train_detector
 
     begin = time.time()
+    size = SMOKE if smoke else FULL
+    data = data or size.data
+    data_dir = resolve_data_dir(data_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     source = open_source(data, "detect", data_dir=data_dir, seed=seed)
     base = DetectTrainConfig(data=data, seed=seed)
-    pipeline = measure_pipeline(source, base)
-    consumption = measure_consumption(source, base)
+    base = replace(base, ssd=size.ssd or base.ssd, batch_size=size.batch_size or base.batch_size)
+    pipeline = measure_pipeline(source, base, seconds=size.pipeline_seconds)
+    consumption = measure_consumption(source, base, steps=size.consumption_steps)
     train_budget = minutes * 60 - (time.time() - begin) - RESERVE_S
-    epochs = max(1, math.floor(train_budget * consumption["images_per_s"] / source.split_sizes["train"]))
+    epochs = size.epochs or max(1, math.floor(train_budget * consumption["images_per_s"] / source.split_sizes["train"]))
     cfg = replace(base, epochs=epochs, patience=max(epochs, base.patience))
     print(f"pipeline {pipeline['images_per_s']:.0f} img/s, model {consumption['images_per_s']:.1f} img/s; "
           f"training {epochs} epochs in ~{train_budget / 60:.1f} min", flush=True)
 
-    run = out_dir / "run"
+    # Its own run folder: the tuning benchmark writes a run in the same output folder.
+    run = out_dir / "detection-run"
     metrics = train_detector(cfg, source, run, force=True)
-    labels = list(source.label_names)
-    exports = export_detector(run, ("float32", "int8"), source=source)
-    tflite = {mode: _tflite_test_metrics(Path(r["path"]), source, cfg, labels) for mode, r in exports.items()}
-    latency = {mode: measure_latency(r["path"], runs=100, threads=1) for mode, r in exports.items()}
+    exports = export_and_verify(run, data_dir, size)
+    # the .tflite's test-split mAP, as verification measured it against the Keras model
+    tflite = {mode: {"map50": v.score, "map": v.detail["map"]} for mode, (_, v) in exports.items()}
+    latency = {mode: measure_latency(blob, runs=size.latency_runs, threads=1) for mode, (blob, _) in exports.items()}
 
     keras_test = metrics["test"]
     results = {
         "machine": {"cpu": platform.processor() or platform.machine(), "note": "shared 2-core CPU, no GPU"},
+        "data": data,
+        "smoke": smoke,
         "minutes_budget": minutes,
         "wall_minutes": (time.time() - begin) / 60,
         "config": cfg.to_dict(),
@@ -117,7 +178,8 @@ def run_detection_benchmark(out_dir: Path, minutes: float = 30, *, data: str = "
         "int8_map_gap": keras_test["map"] - tflite["int8"]["map"],
         "latency_ms": {m: latency[m]["median_ms"] for m in latency},
         "latency_ratio": latency["int8"]["median_ms"] / latency["float32"]["median_ms"],
-        "model_bytes": {m: r["bytes"] for m, r in exports.items()},
+        "model_bytes": {m: len(blob) for m, (blob, _) in exports.items()},
+        "agreement": {m: v.agreement for m, (_, v) in exports.items()},
         "pipeline": pipeline,
         "consumption": consumption,
         "pipeline_ratio": pipeline["images_per_s"] / consumption["images_per_s"],

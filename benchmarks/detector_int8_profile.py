@@ -29,6 +29,10 @@ Timings interleave the models round by round and keep the least disturbed
 round (the minimum over rounds of each round's median latency, or of a one-op
 model's mean), as ``int8_kernels`` does: the machine may be shared. Each one-op time includes the interpreter's
 call overhead (about 1.5 us per op here).
+
+No data is read: the model is untrained and fed random images. ``smoke=True`` profiles the
+detection benchmark's tiny 64 px detector with one round of a few runs: it checks the
+probe works, and measures nothing.
 """
 from __future__ import annotations
 
@@ -37,11 +41,14 @@ import platform
 import tempfile
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.detection_bench import SMOKE_SSD
 from common.run_folder import write_json, write_text
+from models.ssd import SSDConfig
 
 NUM_CLASSES = 7
 # Added to the background logit of the untrained model (see _untrained_detector): e^8 / 7 ~ 400:1.
@@ -53,13 +60,38 @@ CANDIDATES = (0, 10, 100, 300, 1000)
 _GLUE = ("QUANTIZE", "DEQUANTIZE")
 
 
+@dataclass(frozen=True)
+class ProfileSize:
+    """How large the probe is.
+
+    ssd: the detector profiled (None: the default, ``pipeline.training.detector.default_ssd``).
+    rounds, runs: whole-model timing (interleaved rounds, invocations per median).
+    op_rounds, op_runs: one-op model timing; postprocess_rounds, postprocess_runs: the
+    post-processing cost curve. calibration_images: of the int8 conversions.
+    """
+
+    ssd: SSDConfig | None = None
+    rounds: int = 15
+    runs: int = 30
+    op_rounds: int = 7
+    op_runs: int = 30
+    postprocess_rounds: int = 7
+    postprocess_runs: int = 20
+    calibration_images: int = CALIBRATION_IMAGES
+
+
+FULL = ProfileSize()
+SMOKE = ProfileSize(ssd=SMOKE_SSD, rounds=1, runs=3, op_rounds=1, op_runs=2, postprocess_rounds=1,
+                    postprocess_runs=2, calibration_images=2)
+
+
 # ---------------------------------------------------------------------------------------------
 # The models
 
 
-def _untrained_detector():
-    """(Keras SSD, its DetectTrainConfig): the default detector, freshly initialised, except that
-    its class heads are biased to background.
+def _untrained_detector(ssd: SSDConfig | None = None):
+    """(Keras SSD, its DetectTrainConfig): the detector ``ssd`` (None: the default), freshly
+    initialised, except that its class heads are biased to background.
 
     Op times do not depend on the weights, but the post-processing op's does on the scores:
     untrained, every class scores 1 / (C + 1), every anchor passes the 0.01 threshold and NMS
@@ -69,7 +101,7 @@ def _untrained_detector():
     """
     from pipeline.training.detector import DetectTrainConfig, build_detector
 
-    cfg = DetectTrainConfig()
+    cfg = DetectTrainConfig() if ssd is None else DetectTrainConfig(ssd=ssd)
     model = build_detector(cfg, num_classes=NUM_CLASSES, steps_per_epoch=10)
     for s in cfg.ssd.anchors.strides:
         layer = model.get_layer(f"class_s{s}_pred")  # channels: anchor-major, background first
@@ -100,7 +132,7 @@ def _convert_int8_with(model, cfg, calibration, tweak) -> bytes:
     with tempfile.TemporaryDirectory(prefix="detector-profile-") as tmp:
         de.write_saved_model(model, anchors, NUM_CLASSES, post, Path(tmp) / "saved_model")
         converter = tf.lite.TFLiteConverter.from_saved_model(str(Path(tmp) / "saved_model"))
-        de._configure_int8(converter, de.calibration_samples(calibration, anchors.input_size))
+        de._configure_int8(converter, de.calibration_samples(calibration, anchors.input_size), "uint8")
         tweak(converter)
         return de.order_detection_outputs(bytes(converter.convert()))
 
@@ -109,15 +141,10 @@ def _per_tensor(converter) -> None:
     converter._experimental_disable_per_channel = True
 
 
-def _int8_input(converter) -> None:
-    import tensorflow as tf
-
-    converter.inference_input_type = tf.int8
-
-
 def export_models(model, cfg, calibration) -> dict[str, bytes]:
     """name -> .tflite bytes: the detector and its body (no post-processing op), float32 and int8,
-    and the int8 detector under two other converter settings."""
+    and the int8 detector under two other converter settings (per-tensor weights; an int8 input,
+    INT8_IO=int8, which needs no QUANTIZE op)."""
     from export.convert import convert_keras
     from export.detector_convert import PostProcess, convert_detector
 
@@ -130,7 +157,8 @@ def export_models(model, cfg, calibration) -> dict[str, bytes]:
         "body float32": convert_keras(model, "float32"),
         "body int8": convert_keras(model, "int8", calibration),
         "detector int8, per-tensor weights": _convert_int8_with(model, cfg, calibration, _per_tensor),
-        "detector int8, int8 input": _convert_int8_with(model, cfg, calibration, _int8_input),
+        "detector int8, int8 input": convert_detector(model, anchors, NUM_CLASSES, "int8", calibration=calibration,
+                                                      post=post, io_dtype="int8"),
     }
 
 
@@ -348,18 +376,26 @@ def postprocess_cost(detector_bytes: bytes, candidates=CANDIDATES, rounds: int =
 # The probe
 
 
-def run_detector_int8_profile(out_dir: Path, *, rounds: int = 15, runs: int = 30) -> dict:
-    """Export, time and profile; writes OUT/detector_int8_profile.json and .md. Returns the results."""
+def run_detector_int8_profile(out_dir: Path, *, rounds: int | None = None, runs: int | None = None,
+                              smoke: bool = False) -> dict:
+    """Export, time and profile; writes OUT/detector_int8_profile.json and .md. Returns the results.
+
+    ``rounds``, ``runs``: whole-model timing (None: the size's). ``smoke``: tiny sizes (see ``SMOKE``).
+    """
     from benchmarks.int8_kernels import cpu_flags
     from export.detector_convert import POSTPROCESS_OP
 
+    size = SMOKE if smoke else FULL
+    rounds = size.rounds if rounds is None else rounds
+    runs = size.runs if runs is None else runs
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model, cfg = _untrained_detector()
-    models = export_models(model, cfg, _calibration(cfg.image_size))
+    model, cfg = _untrained_detector(size.ssd)
+    models = export_models(model, cfg, _calibration(cfg.image_size, size.calibration_images))
     latency = {str(t): whole_model_latency(models, t, rounds, runs) for t in (1, 2)}
 
-    profiles = {mode: op_profile(models[f"detector {mode}"]) for mode in ("float32", "int8")}
+    profiles = {mode: op_profile(models[f"detector {mode}"], rounds=size.op_rounds, runs=size.op_runs)
+                for mode in ("float32", "int8")}
     categories = by_category(profiles["float32"], profiles["int8"])
     pairs = paired_ops(profiles["float32"], profiles["int8"])
     not_delegated = sorted({r["op"] for r in profiles["int8"] if not r["xnnpack"]})
@@ -367,6 +403,7 @@ def run_detector_int8_profile(out_dir: Path, *, rounds: int = 15, runs: int = 30
     result = {
         "machine": {"cpu": platform.processor() or platform.machine(), "cpu_flags": cpu_flags(),
                     "note": "shared 2-core CPU, no GPU; timings are the least disturbed of interleaved rounds"},
+        "smoke": smoke,
         "model": {"config": cfg.ssd.to_dict(), "num_classes": NUM_CLASSES, "weights": "untrained",
                   "bytes": {name: len(blob) for name, blob in models.items()},
                   "ops": {mode: len(rows) for mode, rows in profiles.items()}},
@@ -381,8 +418,8 @@ def run_detector_int8_profile(out_dir: Path, *, rounds: int = 15, runs: int = 30
         "xnnpack": {"int8_partitions": delegate_partitions(models["detector int8"]),
                     "float32_partitions": delegate_partitions(models["detector float32"]),
                     "int8_ops_not_delegated": not_delegated},
-        "postprocess_us_by_candidates": postprocess_cost(models["detector float32"],
-                                                         threshold=cfg.score_threshold),
+        "postprocess_us_by_candidates": postprocess_cost(models["detector float32"], rounds=size.postprocess_rounds,
+                                                         runs=size.postprocess_runs, threshold=cfg.score_threshold),
         "postprocess_us_in_profile": {mode: sum(r["us"] for r in rows if r["op"] == POSTPROCESS_OP)
                                       for mode, rows in profiles.items()},
     }
@@ -398,7 +435,8 @@ def _markdown(r: dict) -> str:
         "# Where the int8 detector's time goes (LiteRT XNNPACK)",
         "",
         f"Machine: {r['machine']['cpu']}, SIMD flags {', '.join(r['machine']['cpu_flags']) or 'unknown'}; "
-        f"{r['machine']['note']}. Default SSD (untrained weights, {r['model']['num_classes']} classes).",
+        f"{r['machine']['note']}. {'Smoke-size 64 px' if r.get('smoke') else 'Default'} SSD "
+        f"(untrained weights, {r['model']['num_classes']} classes).",
         "",
         "| model | bytes | 1 thread best ms | 1 thread median ms | 2 threads best ms | 2 threads median ms |",
         "|---|---:|---:|---:|---:|---:|",
@@ -441,9 +479,10 @@ def _markdown(r: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path)
-    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds of whole-model timing")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds of whole-model timing (default 15)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the probe runs, measures nothing")
     args = parser.parse_args(argv)
-    print(_markdown(run_detector_int8_profile(args.out, rounds=args.rounds)))
+    print(_markdown(run_detector_int8_profile(args.out, rounds=args.rounds, smoke=args.smoke)))
 
 
 if __name__ == "__main__":

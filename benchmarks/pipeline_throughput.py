@@ -11,19 +11,44 @@ Three numbers from one run, on the same data:
                 contrast) one image at a time, with no caching.
 
 Targets: pipeline >= 3x consumption and >= 5x naive.
+
+Data comes from ``data_dir`` (default: the project's, see ``benchmarks.data_paths``);
+``smoke=True`` runs every step for a fraction of a second on 32 px images, to check the
+benchmark works, not to measure anything.
 """
 from __future__ import annotations
 
 import io
+import os
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.data_paths import resolve_data_dir
 from common.run_folder import write_json, write_text
 
 BATCH = 64
+
+
+@dataclass(frozen=True)
+class PipelineSize:
+    """How long and how large each step of the benchmark is.
+
+    image_size: the model's input side (None: ``TrainConfig``'s, as `make train` uses).
+    seconds: timed seconds of each of the three feeds.
+    consumption_steps: training steps per timed ``fit`` call of the consumption step.
+    """
+
+    image_size: int | None = None
+    seconds: float = 8.0
+    consumption_steps: int = 12
+
+
+FULL = PipelineSize()
+SMOKE = PipelineSize(image_size=32, seconds=0.3, consumption_steps=2)
 
 
 def _images_per_second(iterable, warmup_batches: int = 3, min_seconds: float = 8.0, max_batches: int = 10_000) -> float:
@@ -42,11 +67,12 @@ def _naive_feed(encoded: list[bytes], labels: np.ndarray, size: int, rng: np.ran
     """One image at a time in Python: what a hand-written generator typically does."""
     from PIL import Image
 
+    batch = min(BATCH, len(encoded))  # a split smaller than one batch would otherwise yield nothing, forever
     while True:
         order = rng.permutation(len(encoded))
-        for start in range(0, len(order) - BATCH + 1, BATCH):
+        for start in range(0, len(order) - batch + 1, batch):
             xs, ys = [], []
-            for i in order[start:start + BATCH]:
+            for i in order[start:start + batch]:
                 img = Image.open(io.BytesIO(encoded[i])).convert("RGB").resize((size, size), Image.BILINEAR)
                 # the same augmentation as pipeline/augment.py: zoom-in crop, flip, brightness, contrast
                 side = size / rng.uniform(1.0, 1.15)
@@ -61,7 +87,28 @@ def _naive_feed(encoded: list[bytes], labels: np.ndarray, size: int, rng: np.ran
             yield np.stack(xs), np.array(ys, np.int32)
 
 
-def run_pipeline_benchmark(data: str, out_dir: Path, *, data_dir: Path | None = None, seconds: float = 8.0) -> dict:
+def _stored_shapes_builder(data: str, data_dir: Path):
+    """The tfds builder of a ``shapes[:key=value,...]`` spec, reading from ``data_dir``: its
+    stored PNG bytes are what a hand-written generator would read from disk.
+
+    ``open_source`` has already validated the spec and prepared the data there.
+    """
+    from pipeline.sources.shapes_builder import make_builder, shapes_config
+
+    _, _, options = data.partition(":")
+    opts = dict(item.split("=", 1) for item in options.split(",") if item)
+    names = {"seed": "seed", "size": "image_size", "train": "train", "validation": "validation", "test": "test"}
+    config = shapes_config("classify", **{names[k]: int(v) for k, v in opts.items()})
+    return make_builder(config, data_dir=str(data_dir))
+
+
+def run_pipeline_benchmark(data: str, out_dir: Path, *, data_dir: Path | None = None, seconds: float | None = None,
+                           smoke: bool = False) -> dict:
+    """Measure the three feeds on ``data``; write pipeline.json and pipeline.md into ``out_dir``.
+
+    ``data_dir``: where tfds data is prepared (None: the project's default). ``seconds``: timed
+    seconds per feed (None: the size's). ``smoke``: tiny sizes (see ``SMOKE``).
+    """
     import keras
     import tensorflow as tf
     import tensorflow_datasets as tfds
@@ -71,9 +118,12 @@ def run_pipeline_benchmark(data: str, out_dir: Path, *, data_dir: Path | None = 
     from pipeline.sources.specs import open_source
     from pipeline.training.classifier import TrainConfig
 
+    size = SMOKE if smoke else FULL
+    seconds = size.seconds if seconds is None else seconds
+    data_dir = resolve_data_dir(data_dir)
     source = open_source(data, "classify", data_dir=data_dir)
     defaults = TrainConfig()
-    cfg = PipelineConfig(image_size=defaults.image_size, batch_size=BATCH)
+    cfg = PipelineConfig(image_size=size.image_size or defaults.image_size, batch_size=BATCH)
     train = classification_dataset(source, "train", cfg, training=True, seed=0)
 
     print("1/3 input pipeline alone ...")
@@ -87,7 +137,7 @@ def run_pipeline_benchmark(data: str, out_dir: Path, *, data_dir: Path | None = 
     model = build_cnn(defaults.cnn, source.num_classes, cfg.image_size)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     x, y = next(iter(train))
-    steps = 12
+    steps = size.consumption_steps
     in_memory = tf.data.Dataset.from_tensors((x, y)).repeat()
     model.fit(in_memory, steps_per_epoch=3, epochs=1, verbose=0, shuffle=False)  # trace and warm up
     start = time.perf_counter()
@@ -99,9 +149,7 @@ def run_pipeline_benchmark(data: str, out_dir: Path, *, data_dir: Path | None = 
 
     print("3/3 naive Python generator ...")
     if data.split(":")[0] == "shapes":
-        from pipeline.sources.shapes_builder import make_builder, shapes_config
-
-        builder = make_builder(shapes_config("classify"), data_dir=str(data_dir) if data_dir else None)
+        builder = _stored_shapes_builder(data, data_dir)
         raw = builder.as_dataset(split="train", decoders={"image": tfds.decode.SkipDecoding()})
         pairs = [(ex["image"], int(ex["label"])) for ex in tfds.as_numpy(raw)]
     else:  # encode the decoded examples once, outside the timing
@@ -119,6 +167,8 @@ def run_pipeline_benchmark(data: str, out_dir: Path, *, data_dir: Path | None = 
 
     result = {
         "data": data,
+        "data_dir": str(data_dir),
+        "smoke": smoke,
         "image_size": cfg.image_size,
         "batch_size": BATCH,
         "model_parameters": int(model.count_params()),
@@ -166,6 +216,4 @@ def run_pipeline_benchmark(data: str, out_dir: Path, *, data_dir: Path | None = 
 
 
 def _cpu_count() -> int:
-    import os
-
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
