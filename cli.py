@@ -8,19 +8,21 @@
     python cli.py bench   [--only pipeline,export,tuning,detection,detector-int8,distribute] [--out runs/bench]
 
 A ``UserError`` (bad path, bad file, bad setting) prints one line and exits 2;
-anything else is a bug and keeps its traceback.
+anything else is a bug and keeps its traceback. A command that writes files ends with one
+line naming them: ``Wrote runs/classify-shapes: model.keras, metrics.json, report.md (...)``.
 """
 from __future__ import annotations
 
 import argparse
 import signal
 import sys
+import time
 from pathlib import Path
+from typing import Sequence
 
 from common.console import quiet_tensorflow
 from common.errors import UserError
-from export.command import add_export_args
-from tuning.command import add_tune_args
+from common.run_folder import RunFolder, write_json
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -39,6 +41,10 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    # Here rather than at the top: they import TensorFlow, which main() first silences.
+    from export.command import add_export_args
+    from tuning.command import add_tune_args
+
     parser = argparse.ArgumentParser(prog="cli.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -91,6 +97,45 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def wrote(where: Path | str, names: Sequence[str] = (), note: str = "") -> str:
+    """The summary line a command ends with: ``Wrote WHERE[: a, b, c][ (note)]``."""
+    line = f"Wrote {where}"
+    if names:
+        line += ": " + ", ".join(names)
+    return f"{line} ({note})" if note else line
+
+
+def train_summary(run_dir: Path | str, metrics: dict) -> str:
+    """The line after a training run, from its metrics.json content ({"test": {...}, ...})."""
+    test = metrics["test"]
+    split = metrics.get("test_split", "test")
+    if "accuracy" in test:
+        note = f"{split} accuracy {test['accuracy']:.2%}"
+    else:
+        note = f"{split} mAP@.5 {test['map50']:.3f}"
+    return wrote(run_dir, ("model.keras", "metrics.json", "report.md"), note)
+
+
+def export_summary(card: dict) -> str:
+    """The line after an export, from its model card ({"run", "models": {mode: {"file", "passed"}}})."""
+    models = [m["file"] for m in card["models"].values() if m["passed"]]
+    return wrote(RunFolder(Path(card["run"])).export, [*models, "labels.txt", "model_card.json", "export_report.md"])
+
+
+def tune_summary(report: Path | str, run_dir: Path | str) -> str:
+    """The line after a search: its report, and the run folder the best configuration was retrained into."""
+    return f"{wrote(report)} and retrained {run_dir}"
+
+
+def _mtime(path: Path) -> int | None:
+    return path.stat().st_mtime_ns if path.exists() else None
+
+
+def _written_since(folder: Path, start: float) -> list[str]:
+    """Names of the files directly in ``folder`` modified at or after ``start`` (time.time())."""
+    return sorted(p.name for p in folder.iterdir() if p.is_file() and p.stat().st_mtime >= start)
+
+
 def _locked(run_dir: Path, command: str):
     """An exclusive lock on RUN for the commands that write it (common.run_lock)."""
     from common.run_lock import run_lock
@@ -108,12 +153,16 @@ def cmd_train(args) -> None:
         # so none of them takes the lock (each is its own process and would lock the others out).
         task.train(cfg, args)
         return
+    metrics_file = RunFolder(args.run).metrics
+    before = _mtime(metrics_file)
     with _locked(args.run, "train"):
-        task.train(cfg, args)
+        metrics = task.train(cfg, args)
+    # A finished run is not retrained: its "already trained" line is the last word.
+    if metrics and _mtime(metrics_file) != before:
+        print(train_summary(args.run, metrics))
 
 
 def cmd_eval(args) -> None:
-    from common.run_folder import RunFolder, write_json
     from tasks import task_of
 
     task = task_of(args.run, args.model if args.model is not None and args.model.suffix == ".tflite" else None)
@@ -121,11 +170,11 @@ def cmd_eval(args) -> None:
                                  split=args.split)
     out = RunFolder(args.run).root / "eval" / f"{Path(result['model']).stem}-{args.split}.json"
     write_json(out, result)
-    print(f"{line}; written to {out}")
+    print(line)
+    print(wrote(out))
 
 
 def cmd_predict(args) -> None:
-    from common.run_folder import RunFolder
     from pipeline.evaluation.predict import default_image
     from tasks import task_of
 
@@ -149,24 +198,30 @@ def cmd_export(args) -> None:
     cfg = export_config(args)
     task = task_of(args.run)
     with _locked(args.run, "export"):
-        task.export(args.run, cfg, data_dir=args.data_dir)
+        card = task.export(args.run, cfg, data_dir=args.data_dir)
+    print(export_summary(card))
 
 
 def cmd_tune(args) -> None:
     from tuning.command import run_tune
     from tuning.distributed import current_role
+    from tuning.search import TuningFolder
 
     if current_role() == "worker":  # a worker of a search started by hand: the chief owns RUN
         run_tune(args)
         return
     with _locked(args.run, "tune"):
-        run_tune(args)
+        best = run_tune(args)
+    if best:
+        print(tune_summary(TuningFolder(RunFolder(args.run).tuning).report, args.run))
 
 
 def cmd_bench(args) -> None:
     from benchmarks.suite import parse_names, run_benchmarks
 
+    start = time.time() - 1.0  # file times lag time.time() by up to a clock tick
     run_benchmarks(parse_names(args.only), args.out, data_dir=args.data_dir, smoke=args.smoke)
+    print(wrote(args.out, _written_since(args.out, start)))
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "tune": cmd_tune, "export": cmd_export, "bench": cmd_bench}
@@ -174,9 +229,9 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "tune"
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    quiet_tensorflow()
     args = _parser().parse_args(argv)
     args.argv = argv[1:]  # the subcommand's own arguments, for commands that start copies of themselves
-    quiet_tensorflow()
     # SIGTERM (a scheduler, `timeout`) takes the same path as Ctrl-C: state kept for resume.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:

@@ -57,6 +57,7 @@ def _worker(precision: str, steps: int, out: Path, size: DistributeSize = FULL) 
     import tensorflow as tf
 
     from models.cnn import CNNConfig, build_cnn
+    from pipeline.training import keras_compat
 
     batch, side = size.global_batch, size.image_size
     rng = np.random.default_rng(0)
@@ -69,7 +70,7 @@ def _worker(precision: str, steps: int, out: Path, size: DistributeSize = FULL) 
         model = build_cnn(CNNConfig(), 7, side,
                           output_dtype="float32" if distribute.is_mixed(precision) else None)
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
-    model = distribute.adapt_model(model, strategy)
+    model = keras_compat.adapt_model(model, strategy)
     model.fit(ds, epochs=1, steps_per_epoch=size.warmup_steps, verbose=0)  # tracing, first all-reduces
     start = time.perf_counter()
     model.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0)

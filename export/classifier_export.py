@@ -150,7 +150,7 @@ class ClassifierExport:
         # int8-qat is compared with the QAT model it was converted from
         reference = self._qat_reference if mode == "int8-qat" else self.reference
         return verify_classifier(model_bytes, self.data.test_images, self.data.test_labels, reference,
-                                 min_agreement=cfg.min_agreement)
+                                 min_agreement=cfg.min_agreement, progress=f"verifying {mode}")
 
     def card(self, cfg: ExportConfig) -> dict:
         size = self.data.image_size

@@ -8,6 +8,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from export.convert import CALIBRATION_IMAGES
+from export.exporter import ExportConfig, parse_modes
+
 
 def add_export_args(p: argparse.ArgumentParser) -> None:
     """Add the export flags to ``p`` (the `export` subparser)."""
@@ -15,7 +18,8 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quant", default="int8",
                    help="float32 | float16 | dynamic | int8 | int8-qat, comma-separated, or all (default int8)")
     p.add_argument("--prune", type=float, default=None, help="prune conv/dense kernels to this sparsity first, e.g. 0.5")
-    p.add_argument("--calib", type=int, default=200, help="validation images for int8 calibration (default 200)")
+    p.add_argument("--calib", type=int, default=CALIBRATION_IMAGES,
+                   help=f"validation images for int8 calibration (default {CALIBRATION_IMAGES})")
     p.add_argument("--min-agreement", type=float, default=0.98,
                    help="fail unless each model's top-1 agrees with Keras on this fraction of test images")
     p.add_argument("--int8-io", default="uint8", choices=("uint8", "int8"),
@@ -27,8 +31,6 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
 
 def export_config(args: argparse.Namespace):
     """The ExportConfig of parsed ``args``; ConfigError for a bad setting."""
-    from export.exporter import ExportConfig, parse_modes
-
     return ExportConfig(modes=parse_modes(args.quant), prune=args.prune, calib=args.calib,
                         min_agreement=args.min_agreement, int8_io=args.int8_io,
                         qat_epochs=args.qat_epochs, prune_epochs=args.prune_epochs)

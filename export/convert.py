@@ -20,6 +20,7 @@ from common.errors import ConfigError, UserError
 
 QUANT_MODES = ("float32", "float16", "dynamic", "int8", "int8-qat")
 INT8_IO_TYPES = ("uint8", "int8")
+CALIBRATION_IMAGES = 200  # validation images an int8 export is calibrated on (CALIB=)
 # Modes whose converter needs calibration images (representative dataset).
 # int8-qat takes its ranges from the fake-quant layers, but TF 2.21's converter
 # does not recognise a traced QAT function as such and insists on a

@@ -40,6 +40,7 @@ from export.metadata import (LABELS_FILE, MODEL_FILE_IDENTIFIER, ImageInput, att
                              schemas)
 from models.anchors import AnchorConfig, generate_anchors
 from models.box_coding import BOX_VARIANCES
+from models.postprocess import MAX_DETECTIONS, NMS_IOU, SCORE_THRESHOLD
 
 DETECTOR_MODES = ("float32", "int8")
 POSTPROCESS_OP = "TFLite_Detection_PostProcess"
@@ -64,11 +65,11 @@ class PostProcess:
     detections_per_class: per-class NMS keeps at most this many boxes of each class.
     """
 
-    score_threshold: float = 0.01
-    iou_threshold: float = 0.5
-    max_detections: int = 100
+    score_threshold: float = SCORE_THRESHOLD
+    iou_threshold: float = NMS_IOU
+    max_detections: int = MAX_DETECTIONS
     use_regular_nms: bool = True
-    detections_per_class: int = 100
+    detections_per_class: int = MAX_DETECTIONS
 
 
 def anchors_center_form(anchors: AnchorConfig) -> np.ndarray:

@@ -61,7 +61,7 @@ class DetectorExport:
         self.batches = list(detection_eval_dataset(self.source, self.test_split, size, 16))
         log(f"Scoring the Keras model on the {self.test_split} split...")
         self.reference_metrics, _, self.reference_preds = evaluate_detector(
-            keras_detect_fn(self.model, self.train_cfg), self.batches, self.labels)
+            keras_detect_fn(self.model, self.train_cfg), self.batches, self.labels, progress="Keras model")
         self.reference_score = float(self.reference_metrics["map50"])
         self.examples = int(self.reference_metrics["images"])
         self.post = PostProcess(score_threshold=self.train_cfg.score_threshold, iou_threshold=self.train_cfg.nms_iou,
@@ -76,7 +76,8 @@ class DetectorExport:
 
     def verify(self, mode: str, model_bytes: bytes, cfg: ExportConfig) -> Verification:
         detector = TFLiteDetector(model_bytes)
-        metrics, _, preds = evaluate_detector(detector.detect_batch, self.batches, self.labels)
+        metrics, _, preds = evaluate_detector(detector.detect_batch, self.batches, self.labels,
+                                              progress=f"verifying {mode}")
         return verify_detector(self.reference_metrics, self.reference_preds, metrics, preds,
                                min_agreement=cfg.min_agreement)
 

@@ -22,8 +22,8 @@ import numpy as np
 
 from common.errors import ConfigError, UserError
 from common.run_folder import RunFolder, write_bytes, write_json, write_text
-from export.convert import INT8_IO_TYPES, QUANT_MODES, check_mode
-from export.runtime import TFLiteModel, measure_latency
+from export.convert import CALIBRATION_IMAGES, INT8_IO_TYPES, QUANT_MODES, check_mode
+from export.runtime import LATENCY_RUNS, TFLiteModel, measure_latency
 from export.verify import Verification
 
 MEDIAPIPE_INPUT_TYPES = ("uint8", "float32")  # MediaPipe Tasks reject int8 image inputs
@@ -45,14 +45,14 @@ class ExportConfig:
 
     modes: tuple[str, ...] = ("int8",)
     prune: float | None = None
-    calib: int = 200
+    calib: int = CALIBRATION_IMAGES
     min_agreement: float = 0.98
     int8_io: str = "uint8"
     qat_epochs: int = 2
     prune_epochs: int = 2
     qat_lr: float = 3e-5
     prune_lr: float = 1e-4
-    latency_runs: int = 50
+    latency_runs: int = LATENCY_RUNS
 
     def __post_init__(self):
         if not self.modes:
@@ -214,6 +214,4 @@ def export_run(target: ExportTarget, run_dir: Path, cfg: ExportConfig, *, log=pr
         raise UserError("exported model failed verification against the Keras model on the test split ("
                         + "; ".join(f"{m.mode}: {m.verification.problem}" for m in failed)
                         + f"); not shipping it. Report: {out / 'export_report.md'}")
-    written = ", ".join(m.file_name for m in models)
-    log(f"Exported {written} to {out} (model_card.json, export_report.md)")
     return card

@@ -16,24 +16,16 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+import keras
 import numpy as np
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+import tf_keras
 
 Builder = Callable[[object], object]  # keras module (keras or tf_keras) -> uncompiled model
 INPUT_RANGE = (0.0, 255.0)  # raw pixels; the uint8 input then maps bytes 1:1 (scale 1, zero point 0)
 FAKE_QUANT_LAYERS = ("QuantizeLayer", "QuantizeWrapper", "QuantizeWrapperV2")  # not all are public in tfmot
 PRUNABLE = ("Conv2D", "Dense", "DepthwiseConv2D", "SeparableConv2D")
-
-
-def _tf_keras():
-    import tf_keras
-
-    return tf_keras
-
-
-def _tfmot():
-    import tensorflow_model_optimization as tfmot
-
-    return tfmot
 
 
 def copy_weights(src, dst) -> None:
@@ -54,15 +46,13 @@ def copy_weights(src, dst) -> None:
 
 def to_tf_keras(model, build: Builder):
     """A Keras 3 model -> the same model rebuilt in tf_keras, with its weights."""
-    twin = build(_tf_keras())
+    twin = build(tf_keras)
     copy_weights(model, twin)
     return twin
 
 
 def to_keras3(model, build: Builder):
     """A (stripped, plain) tf_keras model -> the Keras 3 model with its weights."""
-    import keras
-
     twin = build(keras)
     copy_weights(model, twin)
     return twin
@@ -74,7 +64,7 @@ def _steps(dataset) -> int:
 
 
 def _fit(model, train_ds, epochs: int, learning_rate: float, callbacks=()):
-    tf_keras = _tf_keras()
+    tf_keras = tf_keras
     model.compile(optimizer=tf_keras.optimizers.Adam(learning_rate),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(train_ds, epochs=epochs, callbacks=list(callbacks), verbose=0)
@@ -86,7 +76,7 @@ def _output_quantize_config():
     Without it quantize_model rejects the model, and leaving the layer
     unquantized would leave its output without a range for the int8 converter.
     """
-    tfmot = _tfmot()
+    tfmot = tfmot
     qk = tfmot.quantization.keras
 
     class OutputQuantizeConfig(qk.QuantizeConfig):
@@ -118,8 +108,8 @@ def quantize_aware(model, *, preserve_sparsity: bool = False):
     preserve_sparsity: use tfmot's prune-preserving scheme, so fine-tuning a pruned
     model keeps its zeros (PQAT).
     """
-    tfmot = _tfmot()
-    tf_keras = _tf_keras()
+    tfmot = tfmot
+    tf_keras = tf_keras
     qk = tfmot.quantization.keras
     config_cls = _output_quantize_config()
     registry = qk.default_8bit.Default8BitQuantizeRegistry()
@@ -159,9 +149,7 @@ def init_activation_ranges(qat_model, plain_model, batches, max_batches: int = 8
     plain_model: the tf_keras float model ``qat_model`` was made from (same layer names).
     batches: (float32 [B, S, S, 3] 0..255, labels) batches.
     """
-    import tensorflow as tf
-
-    tf_keras = _tf_keras()
+    tf_keras = tf_keras
     targets = {}  # float layer name -> (min var, max var, "output" | "pre_activation")
     for wrapper in qat_model.layers:
         if not wrapper.name.startswith("quant_"):
@@ -256,8 +244,8 @@ def prune(model, build: Builder, train_ds, sparsity: float, *, epochs: int = 2,
     """
     if not 0.0 < sparsity < 1.0:
         raise ValueError(f"sparsity must be in (0, 1), got {sparsity}")
-    tfmot = _tfmot()
-    tf_keras = _tf_keras()
+    tfmot = tfmot
+    tf_keras = tf_keras
     sk = tfmot.sparsity.keras
     total_steps = max(1, epochs * _steps(train_ds))
     frequency = max(1, math.ceil(total_steps / 10))

@@ -24,6 +24,8 @@ import zipfile
 from dataclasses import dataclass, field
 
 import flatbuffers
+from mediapipe.tasks.metadata import metadata_schema_py_generated as meta_fb
+from mediapipe.tasks.metadata import schema_py_generated as model_fb
 
 METADATA_FIELD_NAME = "TFLITE_METADATA"
 MODEL_FILE_IDENTIFIER = b"TFL3"
@@ -38,10 +40,7 @@ TASK_FILE = "task.json"
 
 
 def schemas():
-    """(model schema, metadata schema) modules; imported lazily (no work at import time)."""
-    from mediapipe.tasks.metadata import metadata_schema_py_generated as meta_fb
-    from mediapipe.tasks.metadata import schema_py_generated as model_fb
-
+    """(model schema, metadata schema) modules."""
     return model_fb, meta_fb
 
 

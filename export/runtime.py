@@ -14,6 +14,7 @@ import numpy as np
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 from common.errors import UserError
+from common.progress import progress as progress_bar
 from export.metadata import read_metadata
 from pipeline.preprocess import preprocess_image
 
@@ -22,6 +23,9 @@ from pipeline.preprocess import preprocess_image
 # whose fast kernels differ (README, "Testing"): "auto" is what phones run (XNNPACK for what it
 # supports), "builtin" the built-in optimized kernels without XNNPACK, "reference" the plain
 # reference kernels.
+# Timed invocations for a latency figure (export's card, every tuning trial): enough for a stable
+# median of a sub-millisecond model on a busy CPU.
+LATENCY_RUNS = 100
 KERNELS_ENV = "LITERT_KERNELS"
 KERNELS = {"auto": OpResolverType.AUTO, "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
            "reference": OpResolverType.BUILTIN_REF}
@@ -93,10 +97,16 @@ class TFLiteModel:
         self.interpreter.invoke()
         return [dequantize(self.interpreter.get_tensor(d["index"]), d) for d in self.outputs]
 
-    def predict_batch(self, images: np.ndarray) -> np.ndarray:
-        """float32 [B, S, S, 3] 0..255 -> the first output for each image, float32 [B, ...]."""
+    def predict_batch(self, images: np.ndarray, *, progress: str | None = None) -> np.ndarray:
+        """float32 [B, S, S, 3] 0..255 -> the first output for each image, float32 [B, ...].
+
+        ``progress``: a description to show a progress bar (stderr) under; None shows none.
+        """
         images = np.asarray(images, np.float32)
-        return np.stack([self.run(images[i:i + 1])[0][0] for i in range(len(images))])
+        indices = range(len(images))
+        if progress is not None:
+            indices = progress_bar(indices, total=len(images), desc=progress, unit="image")
+        return np.stack([self.run(images[i:i + 1])[0][0] for i in indices])
 
     def tensor_types(self) -> dict[str, np.dtype]:
         """name -> dtype of every tensor in the graph (to check a model is integer-only)."""
@@ -169,7 +179,7 @@ class TFLiteDetector:
         return out
 
 
-def measure_latency(model_bytes_or_path: bytes | str | Path, runs: int = 50, threads: int = 1,
+def measure_latency(model_bytes_or_path: bytes | str | Path, runs: int = LATENCY_RUNS, threads: int = 1,
                     warmup: int = 5) -> dict:
     """Time single-image inference on this CPU.
 

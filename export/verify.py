@@ -52,7 +52,8 @@ class Verification:
 
 
 def verify_classifier(model_bytes: bytes, images: np.ndarray, labels: np.ndarray,
-                      reference_probs: np.ndarray, *, min_agreement: float) -> Verification:
+                      reference_probs: np.ndarray, *, min_agreement: float,
+                      progress: str | None = None) -> Verification:
     """Score a .tflite classifier against a reference.
 
     Args:
@@ -60,10 +61,12 @@ def verify_classifier(model_bytes: bytes, images: np.ndarray, labels: np.ndarray
         images: float32 [N, S, S, 3] 0..255, preprocessed by pipeline.preprocess.
         labels: int32 [N].
         reference_probs: float32 [N, C], the Keras model's probabilities for ``images``.
+        progress: a description to show a progress bar (stderr) under while the .tflite runs;
+            None (library callers, tests) shows none.
     """
     if len(images) == 0:
         raise UserError("no evaluation images to verify the exported model on")
-    probs = TFLiteModel(model_bytes).predict_batch(images)
+    probs = TFLiteModel(model_bytes).predict_batch(images, progress=progress)
     if probs.shape != reference_probs.shape:
         raise UserError(f"exported model outputs {probs.shape[1:]} but the Keras model {reference_probs.shape[1:]}")
     top1, ref_top1 = probs.argmax(axis=1), reference_probs.argmax(axis=1)

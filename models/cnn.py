@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from types import ModuleType
 
+import keras as keras3
+
 
 @dataclass(frozen=True)
 class CNNConfig:
@@ -98,8 +100,7 @@ def build_cnn(cfg: CNNConfig, num_classes: int, input_size: int, keras: ModuleTy
         A model mapping float32 [B, input_size, input_size, 3] in 0..255 to
         float32 [B, num_classes] class probabilities.
     """
-    if keras is None:
-        import keras
+    keras = keras or keras3  # tf_keras for the QAT/pruning seam (export.keras2)
     sizes = feature_map_sizes(cfg, input_size)
     if sizes and sizes[-1] < 1:
         raise ValueError(

@@ -11,6 +11,12 @@ import tensorflow as tf
 
 from models.box_coding import decode_boxes
 
+# Post-processing of every detector (Keras evaluation, predict, the exported op), in one place.
+# A low score threshold: mAP needs the whole precision/recall curve; predict filters for display.
+SCORE_THRESHOLD = 0.01
+NMS_IOU = 0.5  # suppress a box overlapping a better one of its class this much
+MAX_DETECTIONS = 100
+
 
 class Detections(NamedTuple):
     """Up to K = max_detections detections per image, best first; rows past ``num`` are zero.
@@ -32,8 +38,8 @@ def decode_detections(
     logits,
     anchors,
     score_threshold: float = 0.3,
-    iou_threshold: float = 0.5,
-    max_detections: int = 100,
+    iou_threshold: float = NMS_IOU,
+    max_detections: int = MAX_DETECTIONS,
 ) -> Detections:
     """Turn raw model outputs into detections.
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from types import ModuleType
 
+import keras as keras3
+
 from models.anchors import AnchorConfig
 
 # MobileNetV2 layers that output stride 8, 16 and 32. Stride 16 is block 13's expansion,
@@ -156,8 +158,7 @@ def build_ssd(cfg: SSDConfig, num_classes: int, keras: ModuleType | None = None)
         deltas, then logits with background at index 0. Layers ``box_deltas`` and
         ``class_logits`` hold the two halves (when there are 2+ levels).
     """
-    if keras is None:
-        import keras
+    keras = keras or keras3  # tf_keras for the QAT/pruning seam (export.keras2)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     layers = keras.layers

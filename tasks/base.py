@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 
 from export.exporter import ExportConfig, ExportTarget, export_run
+from tuning.tunables import TaskSearch
 
 
 class Task(ABC):
@@ -21,6 +22,7 @@ class Task(ABC):
 
     name: str        # recorded in config.json, model_card.json and the .tflite's task.json
     title: str       # in messages: "classifier", "detector"
+    search: TaskSearch  # what `make tune` needs from this task (tuning.tunables)
 
     @abstractmethod
     def config_from_args(self, args: argparse.Namespace):

@@ -22,6 +22,7 @@ from pipeline.training import distribute
 from pipeline.training.classifier import TrainConfig, train_classifier
 from pipeline.training.multiworker import launch_local_workers
 from tasks.base import Task
+from tuning.tunables import CLASSIFIER_SEARCH
 
 
 class KerasClassifier:
@@ -57,6 +58,7 @@ def load_classifier(run_dir: Path | None, model_path: Path | None = None) -> Cla
 class ClassifierTask(Task):
     name = "classify"
     title = "classifier"
+    search = CLASSIFIER_SEARCH
 
     def config_from_args(self, args: argparse.Namespace) -> TrainConfig:
         defaults = TrainConfig()

@@ -16,6 +16,7 @@ from pipeline.evaluation.predict import Detector, format_detection_table, predic
 from pipeline.sources.specs import open_source
 from pipeline.training.detector import DetectTrainConfig, keras_detect_fn, load_detector_model, train_detector
 from tasks.base import Task
+from tuning.tunables import DETECTOR_SEARCH
 
 # cli.py train flags that shape the classifier's CNN: refused for a detector, never silently dropped
 CNN_FLAGS = ("filters", "kernel_size", "pool_size", "pool_stride", "hidden_units", "dropout")
@@ -79,6 +80,7 @@ def evaluate_detection_run(run_dir: Path, *, model_path: Path | None = None, dat
 class DetectorTask(Task):
     name = "detect"
     title = "detector"
+    search = DETECTOR_SEARCH
 
     def config_from_args(self, args: argparse.Namespace) -> DetectTrainConfig:
         refused = [f"--{k.replace('_', '-')}" for k in CNN_FLAGS if getattr(args, k, None) is not None]
@@ -114,7 +116,7 @@ class DetectorTask(Task):
         detector = load_detector(run_dir, model_path)
         out_png = (Path(run_dir) if run_dir is not None else Path("runs")) / "predictions" / f"{Path(image).stem}.png"
         rows = predict_detections(detector, image, out_png)
-        return f"{image}\n{format_detection_table(rows)}\nBoxes drawn in {out_png}"
+        return f"{image}\n{format_detection_table(rows)}\nWrote {out_png}"
 
     def export_target(self, run_dir: Path, cfg: ExportConfig, *, data_dir: Path | None, log) -> DetectorExport:
         return DetectorExport(run_dir, cfg, data_dir=data_dir, log=log)

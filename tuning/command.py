@@ -11,8 +11,10 @@ import argparse
 from pathlib import Path
 
 from common.errors import ConfigError
-from tuning.objective import DEFAULT_LATENCY_WEIGHT, OBJECTIVES
-from tuning.search import TASKS, TUNERS, TuneConfig
+from tuning.objective import DEFAULT_LATENCY_WEIGHT, OBJECTIVES, Constraints, ObjectiveConfig
+from tuning.search import TASKS, TUNERS, TuneConfig, tune
+from tuning.space import load_space
+from tuning.tunables import search_named
 
 _DEFAULTS = TuneConfig()
 
@@ -51,9 +53,6 @@ def add_tune_args(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args) -> TuneConfig:
-    from tuning.objective import Constraints, ObjectiveConfig
-    from tuning.space import load_space
-
     try:
         objective = ObjectiveConfig(kind=args.objective, latency_weight=args.latency_weight,
                                     constraints=Constraints(args.max_size_kb, args.max_latency_ms))
@@ -64,12 +63,10 @@ def config_from_args(args) -> TuneConfig:
     return TuneConfig(data=args.data, task=args.task, tuner=args.tuner, trials=args.trials, epochs=args.epochs,
                       seed=args.seed, image_size=args.image_size, batch_size=args.batch_size,
                       trial_train_examples=args.trial_train_examples, final_epochs=args.final_epochs,
-                      latency_runs=args.latency_runs, space=load_space(args.space, args.space_set, task=args.task),
+                      latency_runs=args.latency_runs, space=load_space(args.space, args.space_set, search_named(args.task).space_type),
                       objective=objective)
 
 
 def run_tune(args) -> dict:
-    from tuning.search import tune
-
     return tune(config_from_args(args), args.run, data_dir=args.data_dir, workers=args.workers, force=args.force,
                 oracle_ip=args.oracle_ip, verbose=0 if args.quiet else 1)

@@ -16,14 +16,13 @@ never leaves a chief writing the trial store behind the rerun's back.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from common.processes import die_with_parent, free_ports, tail
+from common.processes import Child, free_ports, supervise, tail
 
 ENV_ID, ENV_IP, ENV_PORT = "KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"
+STOP_GRACE_SECONDS = 30  # for the processes still running at the end (the chief): SIGTERM, then SIGKILL
 
 
 def current_role() -> str | None:
@@ -60,40 +59,20 @@ def run_local_cluster(folder, workers: int, *, data_dir: Path | None = None, ora
     if not verbose:
         cmd += ["--quiet"]
     threads = max(1, (os.cpu_count() or 1) // workers)
-    procs: dict[str, subprocess.Popen] = {}
-    files = []
+    cwd = Path.cwd()
+    children = {"chief": Child(cmd, _child_env("chief", oracle_ip, port, 1), logs / "chief.log", cwd)}
+    for i in range(1, workers + 1):
+        tuner_id = f"worker{i}"
+        children[tuner_id] = Child(cmd, _child_env(tuner_id, connect_ip, port, threads), logs / f"{tuner_id}.log", cwd)
+    worker_ids = [k for k in children if k != "chief"]
 
-    def start(tuner_id: str, ip: str, worker_threads: int | None):
-        f = open(logs / f"{tuner_id}.log", "ab")
-        files.append(f)
-        procs[tuner_id] = subprocess.Popen(cmd, env=_child_env(tuner_id, ip, port, worker_threads), stdout=f,
-                                           stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
-                                           cwd=os.getcwd())
+    def done(codes: dict[str, int | None]) -> bool:
+        # Each worker was told "stopped" after its last trial ended: the store is complete, and the
+        # chief, which serves the oracle until it is stopped, is stopped then.
+        return all(codes[w] == 0 for w in worker_ids)
 
     print(f"Starting a chief on {oracle_ip}:{port} and {workers} worker(s); logs in {logs}")
-    try:
-        start("chief", oracle_ip, 1)
-        for i in range(1, workers + 1):
-            start(f"worker{i}", connect_ip, threads)
-        worker_ids = [k for k in procs if k != "chief"]
-        while True:
-            for tuner_id, p in procs.items():
-                rc = p.poll()
-                if rc not in (None, 0):
-                    raise RuntimeError(f"tuning {tuner_id} exited with status {rc}; its log "
-                                       f"({logs / (tuner_id + '.log')}) ends with:\n{tail(logs / (tuner_id + '.log'))}")
-            if all(procs[w].poll() == 0 for w in worker_ids):
-                break  # each worker was told "stopped" after its last trial ended: the store is complete
-            time.sleep(poll_seconds)
-    finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.terminate()
-        for p in procs.values():
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        for f in files:
-            f.close()
+    failed, code = supervise(children, done=done, poll_seconds=poll_seconds, grace_seconds=STOP_GRACE_SECONDS)
+    if failed is not None:
+        log = logs / f"{failed}.log"
+        raise RuntimeError(f"tuning {failed} exited with status {code}; its log ({log}) ends with:\n{tail(log)}")

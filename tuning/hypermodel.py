@@ -21,17 +21,27 @@ oracle stores with the trial, in RUN/tuning/project/trial_*/trial.json:
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
+import keras
 import keras_tuner
+import psutil
 
+from export.convert import convert_keras
+from export.detector_convert import PostProcess, convert_detector
+from export.runtime import LATENCY_RUNS, measure_latency
 from models.cnn import build_cnn
+from pipeline.detection_dataset import detection_dataset, detection_eval_dataset
+from pipeline.evaluation.coco_eval import evaluate_detector
+from pipeline.training.detector import build_detector, keras_detect_fn
 from tuning.objective import ObjectiveConfig, objective_value
 from tuning.space import SearchSpace, sample_cnn_config
 
-CALIBRATION_IMAGES = 64
-LATENCY_RUNS = 100  # enough for a stable median of a sub-millisecond model on a busy CPU
+# A trial's int8 calibration: fewer images than an export's (export.convert.CALIBRATION_IMAGES),
+# since a trial's int8 model is only measured (size, latency), never shipped.
+TRIAL_CALIBRATION_IMAGES = 64
 
 
 @dataclass(frozen=True)
@@ -41,16 +51,13 @@ class Int8Measurement:
     p90_ms: float
 
 
-def calibration_images(dataset, count: int = CALIBRATION_IMAGES):
+def calibration_images(dataset, count: int = TRIAL_CALIBRATION_IMAGES):
     """float32 [1, S, S, 3] in 0..255, drawn from (images, labels) batches (the eval pipeline)."""
     return (images.numpy() for images in dataset.unbatch().take(count).map(lambda x, y: x).batch(1))
 
 
 def measure_int8(model, calibration, *, latency_runs: int = LATENCY_RUNS) -> Int8Measurement:
     """Convert ``model`` to int8 TFLite with the export package and time it on this CPU."""
-    from export.convert import convert_keras
-    from export.runtime import measure_latency
-
     model_bytes = convert_keras(model, "int8", calibration)
     latency = measure_latency(model_bytes, runs=latency_runs, threads=1)
     return Int8Measurement(len(model_bytes), float(latency["median_ms"]), float(latency["p90_ms"]))
@@ -69,8 +76,6 @@ class CNNHyperModel(keras_tuner.HyperModel):
         self.latency_runs = latency_runs
 
     def build(self, hp):
-        import keras
-
         cfg, learning_rate = sample_cnn_config(hp, self.space)
         model = build_cnn(cfg, self.num_classes, self.input_size)
         model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
@@ -78,8 +83,6 @@ class CNNHyperModel(keras_tuner.HyperModel):
         return model
 
     def fit(self, hp, model, *args, **kwargs):
-        import psutil
-
         start = time.perf_counter()
         history = model.fit(*args, **{"shuffle": False, **kwargs})  # our datasets shuffle themselves
         val_accuracy = float(max(history.history["val_accuracy"]))
@@ -105,39 +108,21 @@ class SSDHyperModel(keras_tuner.HyperModel):
     ``val_source`` the full source whose validation split scores them.
     """
 
-    def __init__(self, tune_cfg, *, train_source, val_source):
+    def __init__(self, tune_cfg, *, train_source, val_source, trial_config):
+        """trial_config: hp -> the trial's DetectTrainConfig (tuning.tunables.DetectorSearch.trial_config)."""
         super().__init__(name="ssd")
         self.tune_cfg = tune_cfg
         self.train_source = train_source
         self.val_source = val_source
         self.label_names = list(val_source.label_names)
-
-    def trial_config(self, hp):
-        """The DetectTrainConfig of this trial: its SSD and learning rate, the search's epochs."""
-        from models.presets import default_ssd
-        from tuning.space import sample_ssd_config
-
-        sample_ssd_config(hp, self.tune_cfg.space, default_ssd())  # Keras Tuner learns the space from these calls
-        return self.tune_cfg.train_config(dict(hp.values), epochs=self.tune_cfg.epochs)
+        self.trial_config = trial_config
 
     def build(self, hp):
-        import math
-
-        from pipeline.training.detector import build_detector
-
         cfg = self.trial_config(hp)
         steps = max(1, math.ceil(self.train_source.split_sizes["train"] / cfg.batch_size))
         return build_detector(cfg, len(self.label_names), steps)
 
     def fit(self, hp, model, *args, **kwargs):
-        import psutil
-
-        from export.detector_convert import PostProcess, convert_detector
-        from export.runtime import measure_latency
-        from pipeline.evaluation.coco_eval import evaluate_detector
-        from pipeline.detection_dataset import detection_dataset, detection_eval_dataset
-        from pipeline.training.detector import keras_detect_fn
-
         start = time.perf_counter()
         cfg = self.trial_config(hp)
         anchors = cfg.ssd.anchors
@@ -145,7 +130,7 @@ class SSDHyperModel(keras_tuner.HyperModel):
         model.fit(train, *args, **{"shuffle": False, **kwargs})
         val = detection_eval_dataset(self.val_source, "validation", anchors.input_size, cfg.batch_size)
         scores, _, _ = evaluate_detector(keras_detect_fn(model, cfg), val, self.label_names)
-        calibration = [b["image"].numpy() for b in val.unbatch().batch(1).take(CALIBRATION_IMAGES)]
+        calibration = [b["image"].numpy() for b in val.unbatch().batch(1).take(TRIAL_CALIBRATION_IMAGES)]
         post = PostProcess(score_threshold=cfg.score_threshold, iou_threshold=cfg.nms_iou,
                            max_detections=cfg.max_detections)
         model_bytes = convert_detector(model, anchors, len(self.label_names), "int8", calibration=calibration,

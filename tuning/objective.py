@@ -5,7 +5,7 @@ objective to Keras Tuner's oracle) and the report (which explains the choice),
 so the two can never disagree.
 
 Quality is what a trial is good at: validation accuracy for a classifier,
-validation COCO mAP@[.5:.95] for a detector (``QUALITIES``). Below, "accuracy"
+validation COCO mAP@[.5:.95] for a detector (``tuning.tunables``). Below, "accuracy"
 means that number.
 
 Objectives:
@@ -52,7 +52,7 @@ class Quality:
 
 ACCURACY = Quality("val_accuracy", "validation accuracy", "val acc", True, "accuracy", "test accuracy")
 MAP = Quality("val_map", "validation mAP@[.5:.95]", "val mAP", False, "map", "test mAP@[.5:.95]")
-QUALITIES = {"classify": ACCURACY, "detect": MAP}
+QUALITIES = (ACCURACY, MAP)  # each task's, in tuning.tunables
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ class ObjectiveConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ObjectiveConfig":
-        quality = {q.metric: q for q in QUALITIES.values()}[d.get("quality", ACCURACY.metric)]
+        quality = {q.metric: q for q in QUALITIES}[d.get("quality", ACCURACY.metric)]
         return cls(kind=d["kind"], latency_weight=d["latency_weight"],
                    constraints=Constraints(d.get("max_size_kb"), d.get("max_latency_ms")), quality=quality)
 

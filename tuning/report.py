@@ -14,7 +14,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import tensorflow as tf
+from tensorboard.plugins.hparams import api as hp_api
+
 from common.run_folder import write_json, write_text
+from pipeline.evaluation.report import plt, save_figure
 from tuning.objective import (ACCURACY, ObjectiveConfig, Quality, TrialRecord, choose_best, explain_best, feasible,
                               objective_value, pareto_front)
 
@@ -83,16 +87,11 @@ def best_summary(records: list[TrialRecord], tune_cfg, final: dict | None) -> di
         return summary
     train_cfg = tune_cfg.train_config(best.hyperparameters)
     q = cfg.quality
-    if tune_cfg.task == "detect":
-        model, retrained = {"ssd": train_cfg.ssd.to_dict()}, lambda: {
-            "test_map": final["test"]["map"], "test_map50": final["test"]["map50"]}
-    else:
-        model, retrained = {"cnn": train_cfg.cnn.to_dict()}, lambda: {
-            "test_accuracy": final["test"]["accuracy"], "validation_accuracy": final["validation_accuracy"]}
+    search = tune_cfg.search
     summary.update({
         "trial_id": best.trial_id,
         "hyperparameters": best.hyperparameters,
-        **model,
+        **search.model_summary(train_cfg),
         "learning_rate": train_cfg.learning_rate,
         q.metric: best.quality,
         "params": best.params,
@@ -100,7 +99,7 @@ def best_summary(records: list[TrialRecord], tune_cfg, final: dict | None) -> di
         "latency_ms": best.latency_ms,
         "latency_p90_ms": best.latency_p90_ms,
         "objective_value": _objective(cfg, best),
-        "retrained": None if final is None else {"epochs": train_cfg.epochs, **retrained()},
+        "retrained": None if final is None else {"epochs": train_cfg.epochs, **search.retrained_summary(final)},
     })
     return summary
 
@@ -108,13 +107,6 @@ def best_summary(records: list[TrialRecord], tune_cfg, final: dict | None) -> di
 # --- plots -------------------------------------------------------------------------------------------
 
 def _plots(records: list[TrialRecord], cfg: ObjectiveConfig, space, plots: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from pipeline.evaluation.report import save_figure
-
     plots.mkdir(parents=True, exist_ok=True)
     q = cfg.quality
     names = plot_names(q)
@@ -190,9 +182,6 @@ def write_hparams_logs(records: list[TrialRecord], cfg: ObjectiveConfig, space, 
 
     Written into a fresh folder and swapped in, so TensorBoard never sees a half-written set.
     """
-    import tensorflow as tf
-    from tensorboard.plugins.hparams import api as hp_api
-
     measured = [r for r in records if r.measured]
     domains = space.hyperparameters()
     hparams = {}
@@ -266,14 +255,12 @@ def _markdown(records, tune_cfg, summary: dict, source, final: dict | None, fold
             ["tuner", f"{tune_cfg.tuner} (Keras Tuner), seed {tune_cfg.seed}"],
             ["trials", f"{len(records)} run, {done} completed, budget {tune_cfg.trials}"],
             ["per trial", f"{tune_cfg.epochs} epoch(s) on {trial_images} train images, "
-                          + ("input size searched" if tune_cfg.task == "detect" else f"{tune_cfg.image_size}px")
-                          + f", batch {tune_cfg.batch_size}"
-                          + (f"; scored on the {source.split_sizes.get('validation', 0)} validation images with "
-                             "pycocotools" if tune_cfg.task == "detect" else "")],
+                          + ("input size searched" if "input_size" in tune_cfg.space.to_dict()
+                             else f"{tune_cfg.image_size}px")
+                          + f", batch {tune_cfg.batch_size}{tune_cfg.search.per_trial}"],
             ["objective", cfg.describe()],
             ["constraints", cfg.constraints.describe()],
-            ["measurement", "int8 .tflite as `make export` writes it"
-                            + (" (TFLite_Detection_PostProcess included)" if tune_cfg.task == "detect" else "")
+            ["measurement", "int8 .tflite as `make export` writes it" + tune_cfg.search.measurement
                             + f"; median of {tune_cfg.latency_runs} runs, 1 thread, "
                             f"ai-edge-litert on this machine ({platform.machine()}, {os.cpu_count()} cores)"],
         ]),

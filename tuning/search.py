@@ -32,32 +32,37 @@ import shutil
 import socket
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+import keras
+import keras_tuner as kt
+from keras_tuner.src.engine.trial import Trial
 
 from common.errors import ConfigError, UserError
 from common.run_folder import RunFolder, write_json, write_text
 from common.run_lock import LOCK_FILE
-from tuning.objective import QUALITIES, ObjectiveConfig, TrialRecord, choose_best, explain_best
-from tuning.space import SPACES, SearchSpace, SSDSearchSpace
+from export.runtime import LATENCY_RUNS
+from tuning.objective import ObjectiveConfig, TrialRecord, choose_best, explain_best
+from tuning.tuner_compat import check_keras_tuner, ensure_reload, oracle_classes, tuner_class
+from pipeline.sources.schema import Source
+from pipeline.sources.specs import open_source
+from tuning import distributed
+from tuning.report import write_report
+from tuning.space import SearchSpace, SSDSearchSpace
+from tuning.tunables import SEARCHES, TaskSearch, search_named
 
 TUNERS = ("bayesian", "random", "hyperband", "grid")
-TASKS = ("classify", "detect")
-# Per task, what None means for the settings that differ: {name: (classify, detect)}.
-TASK_DEFAULTS = {"batch_size": (64, 32), "trial_train_examples": (3000, 1000)}
+TASKS = tuple(SEARCHES)
 PROJECT = "project"
 RUNS_LOG = "runs.log"
 FINAL_MODEL_FILES = ("config.json", "labels.txt", "model.keras", "metrics.json", "report.md")
 FINAL_MODEL_DIRS = ("plots", "samples", "logs", ".resume")
-
-if TYPE_CHECKING:
-    from pipeline.sources.schema import Source
 
 
 @dataclass(frozen=True)
 class TuneConfig:
     """Everything that determines a search; saved as RUN/tuning/settings.json.
 
-    task: "classify" (the CNN) or "detect" (the SSD detector); picks the space and the quality.
+    task: the task searched, as recorded ("classify": the CNN; "detect": the SSD detector); its
+          ``search`` (tuning.tunables) gives the space, the quality and the per-task defaults.
     image_size: the classifier's input side; the detector's input size is in its space.
     batch_size: None: 64 (classify) or 32 (detect), as `make train` uses.
     trial_train_examples: the train split is cut to this many images for trials (0: all of it;
@@ -79,25 +84,24 @@ class TuneConfig:
     batch_size: int | None = None
     trial_train_examples: int | None = None
     final_epochs: int | None = None
-    latency_runs: int = 100
+    latency_runs: int = LATENCY_RUNS
     space: SearchSpace | SSDSearchSpace | None = None
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
 
     def __post_init__(self):
-        if self.task not in TASKS:
-            raise ConfigError(f"TASK={self.task}: expected one of {', '.join(TASKS)}")
+        search = search_named(self.task)
         if self.tuner not in TUNERS:
             raise ConfigError(f"TUNER={self.tuner}: expected one of {', '.join(TUNERS)}")
-        for name, per_task in TASK_DEFAULTS.items():
+        for name in ("batch_size", "trial_train_examples"):
             if getattr(self, name) is None:
-                object.__setattr__(self, name, per_task[TASKS.index(self.task)])
+                object.__setattr__(self, name, getattr(search, name))
         if self.space is None:
-            object.__setattr__(self, "space", SPACES[self.task]())
-        if not isinstance(self.space, SPACES[self.task]):
-            raise ConfigError(f"TASK={self.task} searches a {SPACES[self.task].__name__}, "
+            object.__setattr__(self, "space", search.space_type())
+        if not isinstance(self.space, search.space_type):
+            raise ConfigError(f"TASK={self.task} searches a {search.space_type.__name__}, "
                               f"not a {type(self.space).__name__}")
-        if self.objective.quality != QUALITIES[self.task]:
-            object.__setattr__(self, "objective", replace(self.objective, quality=QUALITIES[self.task]))
+        if self.objective.quality != search.quality:
+            object.__setattr__(self, "objective", replace(self.objective, quality=search.quality))
         for name in ("trials", "epochs", "final_epochs", "batch_size", "latency_runs"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be at least 1")
@@ -113,8 +117,7 @@ class TuneConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TuneConfig":
         d = dict(d)
-        task = d.setdefault("task", "classify")
-        d["space"] = SPACES[task].from_dict(d["space"])
+        d["space"] = search_named(d.setdefault("task", "classify")).space_type.from_dict(d["space"])
         d["objective"] = ObjectiveConfig.from_dict(d["objective"])
         return cls(**d)
 
@@ -124,32 +127,14 @@ class TuneConfig:
         d.pop("trials")
         return d
 
+    @property
+    def search(self) -> TaskSearch:
+        """The searched task's side of the search (tuning.tunables)."""
+        return search_named(self.task)
+
     def train_config(self, hyperparameters: dict, *, epochs: int | None = None):
-        """The `make train` config of a trial's hyperparameters: pipeline.training.classifier's TrainConfig
-        (classify) or pipeline.training.detector's DetectTrainConfig (detect).
-
-        epochs: None for the retrain on the full data (final_epochs, or `make train`'s default).
-        """
-        import keras_tuner
-
-        hp = keras_tuner.HyperParameters()
-        hp.values.update(hyperparameters)
-        if self.task == "detect":
-            from models.presets import default_ssd
-            from pipeline.training.detector import DetectTrainConfig
-            from tuning.space import sample_ssd_config
-
-            ssd, learning_rate = sample_ssd_config(hp, self.space, default_ssd())
-            return DetectTrainConfig(data=self.data, ssd=ssd, learning_rate=learning_rate, batch_size=self.batch_size,
-                                     seed=self.seed, epochs=epochs or self.final_epochs or DetectTrainConfig.epochs)
-
-        from pipeline.training.classifier import TrainConfig
-        from tuning.space import sample_cnn_config
-
-        cnn, learning_rate = sample_cnn_config(hp, self.space)
-        return TrainConfig(data=self.data, image_size=self.image_size, batch_size=self.batch_size,
-                           epochs=epochs or self.final_epochs or TrainConfig.epochs_for(self.data),
-                           learning_rate=learning_rate, seed=self.seed, cnn=cnn)
+        """The `make train` config of a trial's hyperparameters (epochs None: the final retrain)."""
+        return self.search.train_config(self, hyperparameters, epochs=epochs)
 
 
 @dataclass(frozen=True)
@@ -185,99 +170,14 @@ class TuningFolder:
         return self.root / "tensorboard"
 
 
-# --- resume-safe Keras Tuner classes -------------------------------------------------------------
-
-def _save_state_atomically(path: str, state: dict) -> None:
-    write_text(Path(path), json.dumps(state))
-
-
-class _ResumeSafeOracle:
-    """Mixin for Keras Tuner oracles.
-
-    * every oracle.json and trial.json is written to a temporary name and renamed, so a kill
-      never leaves a truncated file that the next run cannot parse;
-    * on reload, a trial left RUNNING is queued to run again, including one whose start was
-      saved in its trial.json but not yet in oracle.json (Keras Tuner only requeues the
-      trials that oracle.json lists as ongoing; the others would stay RUNNING forever).
-    """
-
-    def save(self):
-        _save_state_atomically(self._get_oracle_fname(), self.get_state())
-
-    def _save_trial(self, trial):
-        path = os.path.join(self._get_trial_dir(trial.trial_id), "trial.json")
-        _save_state_atomically(path, trial.get_state())
-
-    def reload(self):
-        super().reload()
-        for trial_id in sorted(self.trials):
-            if self.trials[trial_id].status == "RUNNING" and trial_id not in self._retry_queue:
-                self._retry_queue.append(trial_id)
-
-
-def _oracle_classes():
-    import keras_tuner as kt
-    from keras_tuner.src.tuners.gridsearch import LinkedList
-
-    class RandomOracle(_ResumeSafeOracle, kt.oracles.RandomSearchOracle):
-        pass
-
-    class BayesianOracle(_ResumeSafeOracle, kt.oracles.BayesianOptimizationOracle):
-        def populate_space(self, trial_id):
-            # Over a discrete space the Gaussian process's optimum is often a configuration
-            # already trained; Keras Tuner would train it again. Take an untried random one instead.
-            response = super().populate_space(trial_id)
-            if response.get("values") is not None:
-                hps = self.hyperparameters.copy()
-                hps.values = dict(response["values"])
-                hps.ensure_active_values()
-                if self._duplicate(hps.values):
-                    return self._random_populate_space()
-            return response
-
-    class HyperbandOracle(_ResumeSafeOracle, kt.oracles.HyperbandOracle):
-        pass
-
-    class GridOracle(_ResumeSafeOracle, kt.oracles.GridSearchOracle):
-        """Also saves the grid's position, which Keras Tuner 1.4.8 keeps only in memory
-        (keras-team/keras-tuner#1055: KeyError in LinkedList.next after a reload)."""
-
-        def get_state(self):
-            state = super().get_state()
-            ids = self._ordered_ids
-            state["grid"] = {
-                "memory": list(ids._memory),
-                "next_index": [[k, v] for k, v in ids._next_index.items()],
-                "last_index": ids._last_index,
-                "populate_next": list(self._populate_next),
-            }
-            return state
-
-        def set_state(self, state):
-            super().set_state(state)
-            grid = state.get("grid")
-            if grid is None:
-                return
-            ids = LinkedList()
-            ids._memory = list(grid["memory"])
-            ids._data_to_index = {data: i for i, data in enumerate(ids._memory)}
-            for k, v in grid["next_index"]:
-                ids._next_index[k] = v
-            ids._last_index = grid["last_index"]
-            self._ordered_ids = ids
-            self._populate_next = list(grid["populate_next"])
-
-    return {"random": RandomOracle, "bayesian": BayesianOracle, "hyperband": HyperbandOracle, "grid": GridOracle}
-
+# --- the tuner ---------------------------------------------------------------------------------------
 
 def make_tuner(cfg: TuneConfig, hypermodel, folder: TuningFolder):
     """A Keras Tuner Tuner over ``folder.project``; reloads it when it exists."""
-    import keras
-    import keras_tuner as kt
-
+    check_keras_tuner()
     objective = kt.Objective("objective", direction="max")
     common = dict(objective=objective, seed=cfg.seed, max_retries_per_trial=0, max_consecutive_failed_trials=3)
-    oracle_cls = _oracle_classes()[cfg.tuner]
+    oracle_cls = oracle_classes()[cfg.tuner]
     if cfg.tuner == "hyperband":
         oracle = oracle_cls(max_epochs=cfg.epochs, factor=3, hyperband_iterations=None, **common)
         oracle.max_trials = cfg.trials  # Hyperband has no trial budget of its own: iterate until the base Oracle stops it
@@ -287,22 +187,13 @@ def make_tuner(cfg: TuneConfig, hypermodel, folder: TuningFolder):
     else:
         oracle = oracle_cls(max_trials=cfg.trials, **common)
 
-    base = kt.Hyperband if cfg.tuner == "hyperband" else kt.Tuner
-
-    class Tuner(base):
-        def __init__(self, **kwargs):
-            kt.Tuner.__init__(self, **kwargs)  # Hyperband's own __init__ would build a second oracle
-
-        def save(self):
-            if not self._is_worker():
-                self.oracle.save()
-            _save_state_atomically(self._get_tuner_fname(), self.get_state())
-
+    class Tuner(tuner_class(cfg.tuner == "hyperband")):
         def run_trial(self, trial, *args, **kwargs):
             # One line per run of a trial, by whom: shows that no trial ran twice (or, after a
             # kill, that only the interrupted one did), and which worker ran what.
             with open(os.path.join(self.get_trial_dir(trial.trial_id), RUNS_LOG), "a") as f:
                 f.write(f"{self.tuner_id} {socket.gethostname()} {os.getpid()}\n")
+            print(trial_progress(trial.trial_id, cfg.trials, load_records(folder)), flush=True)
             return super().run_trial(trial, *args, **kwargs)
 
         def on_trial_end(self, trial):
@@ -310,14 +201,19 @@ def make_tuner(cfg: TuneConfig, hypermodel, folder: TuningFolder):
             keras.backend.clear_session()  # free the trial's graph and weights: memory stays flat
             gc.collect()
 
-    # Keras Tuner reloads the store only when this process's own <tuner_id>.json exists, so a
-    # search started with WORKERS=2 (chief.json) and rerun without (tuner0.json) would start
-    # over and overwrite its trials. The tuner's own state is empty: the oracle's is what counts.
-    tuner_file = folder.project / f"{os.environ.get('KERASTUNER_TUNER_ID', 'tuner0')}.json"
-    if (folder.project / "oracle.json").exists() and not tuner_file.exists():
-        write_text(tuner_file, "{}")
+    ensure_reload(folder.project)
     return Tuner(oracle=oracle, hypermodel=hypermodel, directory=str(folder.root), project_name=PROJECT,
                  overwrite=False)
+
+
+def trial_progress(trial_id: str, budget: int, records: list[TrialRecord]) -> str:
+    """"Trial 0003 (3 of 6 done); about 4 min left" from the wall times of the finished trials."""
+    done = [r for r in records if r.status == "COMPLETED" and r.wall_seconds is not None]
+    line = f"Trial {trial_id} ({len(done)} of {budget} done)"
+    if done:
+        left = max(budget - len(done), 1) * sum(r.wall_seconds for r in done) / len(done)
+        line += f"; about {left / 60:.0f} min left" if left >= 90 else f"; about {left:.0f} s left"
+    return line
 
 
 # --- the search ------------------------------------------------------------------------------------
@@ -336,30 +232,9 @@ def trial_source(source: Source, examples: int) -> Source:
 
 def run_trials(cfg: TuneConfig, source: Source, folder: TuningFolder, *, verbose: int = 1) -> None:
     """Run this process's share of the search (all of it, unless distributed), then return."""
-    import keras
-
     keras.utils.set_random_seed(cfg.seed)
-    trials_source = trial_source(source, cfg.trial_train_examples)
-    verbose = 2 if verbose else 0
-    if cfg.task == "detect":
-        from tuning.hypermodel import SSDHyperModel
-
-        # The anchors (and so the targets) and the input size change with the trial: the
-        # hypermodel makes each trial's datasets itself.
-        hypermodel = SSDHyperModel(cfg, train_source=trials_source, val_source=source)
-        make_tuner(cfg, hypermodel, folder).search(epochs=cfg.epochs, verbose=verbose)
-        return
-
-    from pipeline.dataset import classification_dataset
-    from pipeline.training.classifier import TrainConfig
-    from tuning.hypermodel import CNNHyperModel
-
-    pipe = TrainConfig(data=cfg.data, image_size=cfg.image_size, batch_size=cfg.batch_size).pipeline()
-    train = classification_dataset(trials_source, "train", pipe, training=True, seed=cfg.seed)
-    val = classification_dataset(source, "validation", pipe, training=False)
-    hypermodel = CNNHyperModel(cfg.space, num_classes=source.num_classes, input_size=cfg.image_size,
-                               objective=cfg.objective, latency_runs=cfg.latency_runs)
-    make_tuner(cfg, hypermodel, folder).search(train, validation_data=val, epochs=cfg.epochs, verbose=verbose)
+    cfg.search.search(cfg, lambda hypermodel: make_tuner(cfg, hypermodel, folder),
+                      trial_source(source, cfg.trial_train_examples), source, 2 if verbose else 0)
 
 
 def load_records(folder: TuningFolder, quality_metric: str = "val_accuracy") -> list[TrialRecord]:
@@ -367,8 +242,6 @@ def load_records(folder: TuningFolder, quality_metric: str = "val_accuracy") -> 
 
     quality_metric: the trial metric that ranks trials (ObjectiveConfig.quality.metric).
     """
-    from keras_tuner.src.engine.trial import Trial
-
     records = []
     for path in sorted(folder.project.glob("trial_*/trial.json")):
         trial = Trial.load(str(path))
@@ -444,13 +317,7 @@ def retrain_best(cfg: TuneConfig, best: TrialRecord, source: Source, run: RunFol
         _clear_final_model(run)
     if not run.config.exists():
         write_json(run.config, train_cfg.to_dict())
-    if cfg.task == "detect":
-        from pipeline.training.detector import train_detector
-
-        return train_detector(train_cfg, source, run.root, verbose=2 if verbose else 0)
-    from pipeline.training.classifier import train_classifier
-
-    return train_classifier(train_cfg, source, run.root, verbose=2 if verbose else 0)
+    return cfg.search.retrain(train_cfg, source, run.root, verbose=2 if verbose else 0)
 
 
 def tune(cfg: TuneConfig, run_dir: Path, *, data_dir: Path | None = None, workers: int = 0, force: bool = False,
@@ -460,21 +327,13 @@ def tune(cfg: TuneConfig, run_dir: Path, *, data_dir: Path | None = None, worker
     Roles: with KERASTUNER_TUNER_ID set this process is one member of a cluster started by
     hand (see README); with ``workers`` > 0 it starts a chief and that many workers here.
     """
-    from pipeline.sources.specs import open_source
-    from tuning import distributed
-    from tuning.report import write_report
-
-    if cfg.task == "classify":
-        cfg.space.check_input_size(cfg.image_size)
     run = RunFolder(Path(run_dir))
     folder = TuningFolder(run.tuning)
     role = distributed.current_role()
     if role is not None and workers:
         raise ConfigError("WORKERS= starts its own chief and workers; do not also set KERASTUNER_TUNER_ID")
     source = open_source(cfg.data, cfg.task, data_dir=data_dir, seed=cfg.seed)
-    if cfg.task == "detect" and not source.split_sizes.get("validation"):
-        raise UserError(f"DATA={cfg.data}: TASK=detect tuning ranks trials by mAP on the validation split, "
-                        f"and this source has none")
+    cfg.search.check(cfg, source)
     state = prepare_tuning_folder(run, folder, cfg, force=force and role != "worker")
     write_json(folder.settings, cfg.to_dict())
     if state == "resume":

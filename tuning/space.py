@@ -24,13 +24,12 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import yaml
 
 from common.errors import ConfigError
 from models.cnn import CNNConfig, feature_map_sizes
-
-if TYPE_CHECKING:
-    from models.ssd import SSDConfig
+from models.ssd import SSDConfig
 
 RANGES = ("conv_blocks", "dense_layers")
 CHOICES = ("filters", "kernel_size", "pool_size", "pool_stride", "hidden_units", "dropout", "learning_rate")
@@ -181,11 +180,11 @@ def _override_values(space_cls, key: str, text: str) -> list:
     return [float(t) if any(c in t for c in ".e") else int(t) for t in items]
 
 
-def load_space(path: Path | None = None, overrides: list[str] | tuple[str, ...] = (), task: str = "classify"):
-    """The task's default space, changed by a YAML/JSON file, then by ``KEY=V1,V2`` overrides."""
-    import yaml
-
-    space_cls = SPACES[task]
+def load_space(path: Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+               space_cls: type = None):
+    """``space_cls``'s default space (SearchSpace unless given), changed by a YAML/JSON file, then by
+    ``KEY=V1,V2`` overrides."""
+    space_cls = space_cls or SearchSpace
     space = space_cls()
     if path is not None:
         path = Path(path)
@@ -361,7 +360,7 @@ class SSDSearchSpace:
                 for f in fields(self)]
 
 
-def sample_ssd_config(hp, space: SSDSearchSpace, base: "SSDConfig") -> tuple["SSDConfig", float]:
+def sample_ssd_config(hp, space: SSDSearchSpace, base: SSDConfig) -> tuple[SSDConfig, float]:
     """Ask ``hp`` for one point of ``space``; what the space does not search comes from ``base``.
 
     Returns:
@@ -382,5 +381,3 @@ def sample_ssd_config(hp, space: SSDSearchSpace, base: "SSDConfig") -> tuple["SS
                   head_filters=int(head_filters))
     return cfg, float(learning_rate)
 
-
-SPACES = {"classify": SearchSpace, "detect": SSDSearchSpace}

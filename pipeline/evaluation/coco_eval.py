@@ -19,6 +19,11 @@ import io
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from common.progress import progress as progress_bar
+from pipeline.detection_dataset import ground_truth
 
 # Without an image size, normalized boxes are scaled to this many pixels. Only COCO's
 # small/medium/large split depends on it, not mAP over all areas.
@@ -26,8 +31,6 @@ NOMINAL_SIZE = (640, 640)
 
 
 def _coco_eval_class():
-    from pycocotools.cocoeval import COCOeval
-
     class _IgnoringCOCOeval(COCOeval):
         """COCOeval that honours a per-annotation "difficult" flag as ignore (IoU stays standard)."""
 
@@ -86,8 +89,6 @@ def coco_metrics(ground_truth: Sequence[dict], predictions: Sequence[dict], labe
         AP is over all areas with up to 100 detections per image. A class with no
         (non-difficult) ground truth has AP None and is left out of the means.
     """
-    from pycocotools.coco import COCO
-
     gt_dict, results = to_coco(ground_truth, predictions, label_names)
     counts = np.zeros(len(label_names), np.int64)
     for a in gt_dict["annotations"]:
@@ -123,18 +124,28 @@ def coco_metrics(ground_truth: Sequence[dict], predictions: Sequence[dict], labe
 Detect = Callable[[np.ndarray], list[dict]]
 
 
-def evaluate_detector(detect_batch: Detect, batches: Iterable[dict], label_names) -> tuple[dict, list, list]:
+def _length(items) -> int | None:
+    """len(items), or None for an iterable without one (a generator, a tf.data.Dataset of unknown size)."""
+    try:
+        return len(items)
+    except TypeError:
+        return None
+
+
+def evaluate_detector(detect_batch: Detect, batches: Iterable[dict], label_names, *,
+                      progress: str | None = None) -> tuple[dict, list, list]:
     """Score a detector on ``detection_eval_dataset`` batches.
 
     Args:
         detect_batch: float32 [B, S, S, 3] 0..255 -> B dicts {"boxes", "classes", "scores"}.
         batches: dicts {"image", "boxes", "labels", "difficult"} (pipeline.detection_dataset).
+        progress: a description to show a progress bar (stderr, per batch) under; None shows none.
 
     Returns:
         (coco_metrics(...), ground truth list, predictions list).
     """
-    from pipeline.detection_dataset import ground_truth
-
+    if progress is not None:
+        batches = progress_bar(batches, total=_length(batches), desc=progress, unit="batch")
     gts, preds = [], []
     for batch in batches:
         gts += ground_truth(batch)

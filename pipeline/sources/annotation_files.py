@@ -1,12 +1,12 @@
 """What the annotation-file sources (voc:, coco:) share.
 
-One validated record type, one seeded split, one image-header check, one way
-to skip-and-count bad samples, and one tf.data builder that decodes images in
-parallel into the detection schema.
+One validated record type, one image-header check, one way to skip-and-count
+bad samples, and one tf.data builder that decodes images in parallel into the
+detection schema. (The seeded split is splits.py's, the option parser options.py's:
+folder: and the specs use them too.)
 """
 from __future__ import annotations
 
-import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,12 +14,11 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from common.errors import ConfigError, DataError
-from pipeline.sources.images import header_size, load_rgb
+from common.errors import DataError
+from pipeline.sources.images import decode_file, header_size
 from pipeline.sources.schema import SPLITS, Skipped, Source
 
 SKIP_HINT = "; fix or remove it, or pass SKIP_BAD=1 to skip and count bad samples"
-HOLDOUT = 0.1  # fraction carved for validation and for test when a source does not provide them
 
 
 @dataclass(frozen=True)
@@ -34,48 +33,6 @@ class Annotated:
     boxes: np.ndarray
     labels: np.ndarray
     difficult: np.ndarray
-
-
-def split_spec(spec_rest: str) -> tuple[str, str]:
-    """``PATH,key=value,...`` -> (PATH, "key=value,..."). Options start at the first ``,word=``."""
-    match = re.search(r",(?=[A-Za-z_]+=)", spec_rest)
-    if not match:
-        return spec_rest, ""
-    return spec_rest[:match.start()], spec_rest[match.end():]
-
-
-def parse_options(text: str, allowed: tuple[str, ...], lists: tuple[str, ...], spec: str) -> dict:
-    """``key=v,key2=a,b,c`` -> {key: "v", key2: ["a", "b", "c"]}; a key in ``lists`` takes the
-    bare items that follow it, so ``classes=cat,dog`` reads as one list."""
-    opts: dict = {}
-    key = None
-    for item in text.split(","):
-        name, sep, value = item.partition("=")
-        if sep and name in allowed:
-            if name in opts:
-                raise ConfigError(f"DATA={spec}: option {name} given twice")
-            key = name
-            opts[name] = [value] if name in lists else value
-        elif not sep and key in lists and item:
-            opts[key].append(item)
-        else:
-            raise ConfigError(f"DATA={spec}: unknown option {item!r}; allowed: "
-                              + ", ".join(f"{k}=NAME,NAME..." if k in lists else f"{k}=VALUE" for k in allowed))
-    return opts
-
-
-def seeded_split(items: list, fractions: tuple[float, ...], seed: int) -> list[list]:
-    """Shuffle ``items`` with ``seed`` and cut off ``fractions`` of them. Returns
-    [rest, part_1, ...], each in the original order; every part gets at least one item when there
-    are more items than parts."""
-    order = np.random.default_rng(seed).permutation(len(items))
-    parts, start = [], 0
-    for frac in fractions:
-        n = max(1, int(round(frac * len(items)))) if len(items) > len(fractions) else 0
-        parts.append(sorted(order[start:start + n].tolist()))
-        start += n
-    rest = sorted(order[start:].tolist())
-    return [[items[i] for i in idx] for idx in [rest, *parts]]
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -116,12 +73,6 @@ def parallel(fn, items: list) -> list:
         return list(pool.map(call, items))
 
 
-def _decode(path: tf.Tensor) -> tf.Tensor:
-    image = tf.numpy_function(lambda p: load_rgb(p.decode()), [path], tf.uint8, stateful=False)
-    image.set_shape([None, None, 3])
-    return image
-
-
 def detection_dataset(records: list[Annotated]) -> tf.data.Dataset:
     """Schema examples {image uint8 [H, W, 3], boxes float32 [N, 4], labels int32 [N],
     difficult bool [N]}, images decoded in parallel."""
@@ -133,7 +84,7 @@ def detection_dataset(records: list[Annotated]) -> tf.data.Dataset:
 
     def example(path, start, count):
         rows = tf.range(start, start + count)
-        return {"image": _decode(path), "boxes": tf.gather(boxes, rows),
+        return {"image": decode_file(path), "boxes": tf.gather(boxes, rows),
                 "labels": tf.gather(labels, rows), "difficult": tf.gather(difficult, rows)}
 
     ds = tf.data.Dataset.from_tensor_slices(([str(r.image) for r in records], starts, counts))

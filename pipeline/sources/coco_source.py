@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import ConfigError, DataError
-from pipeline.sources.schema import SPLITS, Skipped, Source
-from pipeline.sources.annotation_files import (
-    HOLDOUT, Annotated, detection_source, image_size, keep_or_skip, parallel, parse_options, seeded_split, split_spec,
-)
+from pipeline.sources.annotation_files import Annotated, detection_source, image_size, keep_or_skip, parallel
+from pipeline.sources.options import parse_options, split_spec
+from pipeline.sources.schema import Skipped, Source
+from pipeline.sources.splits import carve_splits
 
 BOX_SLACK_PX = 1.0  # exported boxes may overshoot the image edge by rounding; within this they are clipped
 _SPLIT_PREFIXES = {"train": ("train",), "validation": ("val", "validation"), "test": ("test",)}
@@ -209,7 +209,7 @@ def open_coco(spec: str, rest: str, *, seed: int = 0, skip_bad: bool = False) ->
     path_text, option_text = split_spec(rest)
     if not path_text:
         raise ConfigError(f"DATA={spec}: coco: needs an annotation file, e.g. coco:annotations/instances_train2017.json")
-    opts = parse_options(option_text, ("images",), (), spec) if option_text else {}
+    opts = parse_options(option_text, {"images": str}, spec)
     file = Path(path_text).expanduser()
     if not file.is_file():
         raise DataError(file, "not found" if not file.exists() else "not a file (coco: expects an instances .json)")
@@ -231,13 +231,5 @@ def open_coco(spec: str, rest: str, *, seed: int = 0, skip_bad: bool = False) ->
     skipped: list[Skipped] = []
     read = {split: keep_or_skip(read_coco_split(f, loaded[split], index, images_opt), skipped, skip_bad)
             for split, f in files.items()}
-    if main == "all":
-        train, val, test = seeded_split(read["all"], (HOLDOUT, HOLDOUT), seed)
-        data = {"train": train, "validation": val, "test": test}
-    else:
-        carve = tuple(HOLDOUT for s in ("validation", "test") if s not in read)
-        parts = iter(seeded_split(read["train"], carve, seed))
-        data = {"train": next(parts)}
-        for split in ("validation", "test"):
-            data[split] = read[split] if split in read else next(parts)
-    return detection_source(spec, list(categories.values()), {s: data[s] for s in SPLITS}, skipped, file)
+    data = carve_splits(read[main], {s: read[s] for s in ("validation", "test") if s in read}, seed)
+    return detection_source(spec, list(categories.values()), data, skipped, file)

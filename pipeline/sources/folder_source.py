@@ -2,7 +2,7 @@
 
 Accepted layouts::
 
-    PATH/<class>/<image>                         -> seeded 80/10/10 split per class
+    PATH/<class>/<image>                         -> seeded 80/10/10 split per class (splits.py)
     PATH/train/<class>/..., PATH/test/<class>/... (and optionally val/ or validation/)
                                                  -> those splits; validation carved
                                                     from train when absent
@@ -15,15 +15,14 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import tensorflow as tf
 
 from common.errors import DataError
-from pipeline.sources.images import IMAGE_EXTENSIONS, load_rgb
+from pipeline.sources.images import IMAGE_EXTENSIONS, decode_file, load_rgb
 from pipeline.sources.schema import Skipped, Source
+from pipeline.sources.splits import carve_splits
 
 _SPLIT_DIRS = {"train": ("train",), "validation": ("validation", "val", "valid"), "test": ("test",)}
-_HOLDOUT = 0.1  # fraction of each class for validation (and for test, when there is no test/)
 
 
 def _class_dirs(root: Path) -> list[Path]:
@@ -90,33 +89,11 @@ def _scan_tree(root: Path, label_names: list[str] | None, skipped, skip_bad) -> 
     return label_names, paths, labels
 
 
-def _split_indices(labels: list[int], fractions: tuple[float, ...], seed: int) -> list[list[int]]:
-    """Stratified split: per class, shuffle with the seed and cut by ``fractions`` (held-out parts)."""
-    rng = np.random.default_rng(seed)
-    parts = [[] for _ in range(len(fractions) + 1)]
-    labels = np.asarray(labels)
-    for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        start = 0
-        for k, frac in enumerate(fractions, start=1):
-            n = max(1, int(round(frac * len(idx)))) if len(idx) > len(fractions) else 0
-            parts[k] += idx[start:start + n].tolist()
-            start += n
-        parts[0] += idx[start:].tolist()
-    return [sorted(p) for p in parts]
-
-
-def _decode(path: tf.Tensor) -> tf.Tensor:
-    image = tf.numpy_function(lambda p: load_rgb(p.decode()), [path], tf.uint8, stateful=False)
-    image.set_shape([None, None, 3])
-    return image
-
-
 def _dataset(paths: list[Path], labels: list[int]) -> tf.data.Dataset:
     ds = tf.data.Dataset.from_tensor_slices(
         ([str(p) for p in paths], tf.constant(labels, tf.int32))
     )
-    return ds.map(lambda p, y: {"image": _decode(p), "label": y}, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.map(lambda p, y: {"image": decode_file(p), "label": y}, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def open_folder(spec: str, path: str, *, seed: int = 0, skip_bad: bool = False) -> Source:
@@ -129,26 +106,15 @@ def open_folder(spec: str, path: str, *, seed: int = 0, skip_bad: bool = False) 
     split_dirs = {
         split: next((root / n for n in names if (root / n).is_dir()), None) for split, names in _SPLIT_DIRS.items()
     }
-    data: dict[str, tuple[list[Path], list[int]]] = {}
-    if split_dirs["train"] is not None:
-        label_names, paths, labels = _scan_tree(split_dirs["train"], None, skipped, skip_bad)
-        held = (_HOLDOUT,) if split_dirs["validation"] is None else ()
-        held += (_HOLDOUT,) if split_dirs["test"] is None else ()
-        parts = _split_indices(labels, held, seed)
-        data["train"] = ([paths[i] for i in parts[0]], [labels[i] for i in parts[0]])
-        carved = iter(parts[1:])
-        for split in ("validation", "test"):
-            if split_dirs[split] is not None:
-                _, p, y = _scan_tree(split_dirs[split], label_names, skipped, skip_bad)
-                data[split] = (p, y)
-            else:
-                idx = next(carved)
-                data[split] = ([paths[i] for i in idx], [labels[i] for i in idx])
-    else:
-        label_names, paths, labels = _scan_tree(root, None, skipped, skip_bad)
-        train, val, test = _split_indices(labels, (_HOLDOUT, _HOLDOUT), seed)
-        for split, idx in (("train", train), ("validation", val), ("test", test)):
-            data[split] = ([paths[i] for i in idx], [labels[i] for i in idx])
+    # (path, label) pairs per split; the splits without a folder are carved from train, per class.
+    given: dict[str, list[tuple[Path, int]]] = {}
+    label_names, paths, labels = _scan_tree(split_dirs["train"] or root, None, skipped, skip_bad)
+    for split in ("validation", "test"):
+        if split_dirs["train"] is not None and split_dirs[split] is not None:
+            _, p, y = _scan_tree(split_dirs[split], label_names, skipped, skip_bad)
+            given[split] = list(zip(p, y))
+    pairs = carve_splits(list(zip(paths, labels)), given, seed, strata=labels)
+    data = {split: ([p for p, _ in items], [y for _, y in items]) for split, items in pairs.items()}
     if len(label_names) < 2:
         raise DataError(root, f"only one class ({label_names[0]}); a classifier needs at least two class folders")
     for split, (p, _) in data.items():

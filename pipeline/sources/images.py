@@ -4,6 +4,10 @@ Grayscale, RGBA, palette, 16-bit PNGs and CMYK JPEGs are converted to 8-bit
 RGB rather than rejected; a file that is not a readable image, or one larger
 than ``MAX_IMAGE_PIXELS``, is a ``DataError`` naming the file and what is wrong
 with it.
+
+One transparency policy for every source: alpha is composited over opaque white. Files go
+through Pillow (``load_rgb``); tensors that arrive with an alpha channel (tensorflow-datasets
+images) go through ``composite_on_white``, which gives the same bytes.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 from PIL import Image, UnidentifiedImageError
 
 from common.errors import DataError
@@ -111,7 +116,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         top = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
         return Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        # Composite transparent pixels over white, as most viewers show them.
+        # Composite transparent pixels over white, as most viewers show them (composite_on_white
+        # does the same to tensors).
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
@@ -132,3 +138,26 @@ def load_rgb(path: str | Path) -> np.ndarray:
     if array.ndim != 3 or array.shape[2] != 3 or array.shape[0] < 1 or array.shape[1] < 1:
         raise DataError(path, f"decoded to an unexpected shape {array.shape}")
     return array
+
+
+def decode_file(path: tf.Tensor) -> tf.Tensor:
+    """``load_rgb`` inside tf.data: string [] path -> uint8 [H, W, 3]. A bad file raises the
+    ``DataError`` from within the pipeline (the sources check every file before training starts)."""
+    image = tf.numpy_function(lambda p: load_rgb(p.decode()), [path], tf.uint8, stateful=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def composite_on_white(image: tf.Tensor) -> tf.Tensor:
+    """uint8 [H, W, C + 1] (C colour channels, then alpha) -> uint8 [H, W, C], composited over opaque
+    white with exactly the bytes Pillow's ``alpha_composite`` gives ``load_rgb`` for files.
+
+    Over an opaque background Pillow's integer arithmetic reduces to round(v / 255) with
+    v = c * a + 255 * (255 - a). v / 255 never lies halfway between two integers (2v is even, 255
+    times an odd number is odd), so (v + 127) // 255 is that rounding, exactly. Plain TF ops, so
+    it runs inside a tf.data map without a Python call.
+    """
+    pixels = tf.cast(image, tf.int32)
+    colour, alpha = pixels[..., :-1], pixels[..., -1:]
+    composited = (colour * alpha + 255 * (255 - alpha) + 127) // 255
+    return tf.cast(composited, tf.uint8)

@@ -12,11 +12,19 @@ import os
 from pathlib import Path
 
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
 from common.errors import ConfigError, UserError
+from pipeline.sources.coco_source import open_coco
+from pipeline.sources.folder_source import open_folder
+from pipeline.sources.images import composite_on_white
+from pipeline.sources.options import parse_options
 from pipeline.sources.schema import SPLITS, TASKS, Source
+from pipeline.sources.shapes_builder import make_builder, shapes_config
+from pipeline.sources.voc_source import open_voc
 
 FORMS = "shapes, tfds:NAME, folder:PATH, voc:PATH, coco:FILE.json"
+IMAGE_CHANNELS = (1, 2, 3, 4)  # gray, gray + alpha, RGB, RGBA: what a tfds Image feature may hold
 
 
 def default_data_dir() -> Path:
@@ -25,23 +33,8 @@ def default_data_dir() -> Path:
 
 
 def _quiet_tfds():
-    import tensorflow_datasets as tfds
-
     tfds.disable_progress_bar()
     return tfds
-
-
-def _parse_options(text: str, allowed: dict[str, type], spec: str) -> dict:
-    opts = {}
-    for item in filter(None, text.split(",")):
-        key, sep, value = item.partition("=")
-        if not sep or key not in allowed:
-            raise ConfigError(f"DATA={spec}: unknown option {item!r}; allowed: {', '.join(allowed)} as key=value")
-        try:
-            opts[key] = allowed[key](value)
-        except ValueError:
-            raise ConfigError(f"DATA={spec}: option {key} needs a {allowed[key].__name__}, got {value!r}") from None
-    return opts
 
 
 def _detection_example(ex: dict) -> dict:
@@ -53,19 +46,27 @@ def _detection_example(ex: dict) -> dict:
 
 
 def _rgb(image: tf.Tensor) -> tf.Tensor:
-    """uint8 [H, W, C] with C in {1, 3, 4} -> uint8 [H, W, 3]."""
-    channels = image.shape[-1]
-    if channels == 1:
+    """uint8 [H, W, C], C in ``IMAGE_CHANNELS`` -> uint8 [H, W, 3]. Alpha (C = 2 or 4) is composited
+    over white, the same bytes a file source gives for the same pixels (images.composite_on_white)."""
+    if image.shape[-1] in (2, 4):
+        image = composite_on_white(image)
+    if image.shape[-1] == 1:
         return tf.image.grayscale_to_rgb(image)
-    if channels == 4:
-        return image[..., :3]
     return image
 
 
-def open_shapes(spec: str, options: str, task: str, data_dir: Path) -> Source:
-    from pipeline.sources.shapes_builder import make_builder, shapes_config
+def _check_image_feature(spec: str, name: str, feature) -> None:
+    """A tfds Image feature ``_rgb`` can turn into the schema's uint8 [H, W, 3]."""
+    shape = tuple(feature.shape)
+    if len(shape) != 3:
+        raise ConfigError(f"DATA={spec}: {name}'s image is not an [H, W, C] image (shape {shape})")
+    if shape[-1] not in IMAGE_CHANNELS:
+        raise ConfigError(f"DATA={spec}: {name}'s images have {shape[-1]} channels; expected one of "
+                          f"{', '.join(map(str, IMAGE_CHANNELS))} (gray, gray + alpha, RGB, RGBA)")
 
-    opts = _parse_options(options, {"seed": int, "size": int, "train": int, "validation": int, "test": int}, spec)
+
+def open_shapes(spec: str, options: str, task: str, data_dir: Path) -> Source:
+    opts = parse_options(options, {"seed": int, "size": int, "train": int, "validation": int, "test": int}, spec)
     try:
         config = shapes_config(
             task, seed=opts.get("seed", 0), image_size=opts.get("size"),
@@ -106,14 +107,40 @@ def _tfds_splits(available: list[str]) -> dict[str, str]:
     return {"train": "train[:80%]", "validation": "train[80%:90%]", "test": "train[90%:]"}
 
 
-def _split_sizes(info, splits: dict[str, str]) -> dict[str, int]:
+def _split_sizes(spec: str, builder, splits: dict[str, str]) -> dict[str, int]:
+    """Examples in each of our splits, whose tfds names may be slices (``train[:90%]``).
+
+    From the prepared metadata, where tfds works a slice's size out of the shard lengths. A builder
+    whose metadata lists no splits (``tfds.testing.mock_data`` without metadata files) is counted
+    by reading each split once. These sizes become steps per epoch and trial subsets, so a size
+    that cannot be known is an error, never a guess.
+
+    Raises:
+        ConfigError: naming the dataset and split, when tfds cannot resolve the split or it never ends.
+    """
     sizes = {}
     for ours, theirs in splits.items():
-        try:
-            sizes[ours] = info.splits[theirs].num_examples
-        except Exception:
-            sizes[ours] = -1  # unknown (some slicing of mocked metadata); informational only
+        if builder.info.splits:
+            try:
+                sizes[ours] = int(builder.info.splits[theirs].num_examples)
+            except ValueError as e:  # tfds' error for an unknown split or a slice it cannot resolve
+                raise ConfigError(f"DATA={spec}: the size of split {theirs!r} (our {ours}) is "
+                                  f"unknown: {str(e).splitlines()[0]}") from None
+        else:
+            sizes[ours] = _count_examples(spec, builder, theirs, ours)
     return sizes
+
+
+def _count_examples(spec: str, builder, split: str, ours: str) -> int:
+    """The number of examples ``builder.as_dataset(split)`` yields (read once, when the metadata lacks it)."""
+    ds = builder.as_dataset(split=split, shuffle_files=False)
+    cardinality = int(ds.cardinality())
+    if cardinality == tf.data.INFINITE_CARDINALITY:
+        raise ConfigError(f"DATA={spec}: the size of split {split!r} (our {ours}) is unknown: "
+                          f"its metadata lists no splits and the split never ends")
+    if cardinality >= 0:
+        return cardinality
+    return int(ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
 
 
 def _unlabelled_test(builder) -> bool:
@@ -134,6 +161,7 @@ def _open_tfds_detection(spec: str, name: str, builder) -> Source:
             or not hasattr(objects["label"], "names"):
         raise ConfigError(f"DATA={spec}: {name} is not an object-detection dataset with image and "
                           f"objects{{bbox, label}} (features: {list(features.keys())})")
+    _check_image_feature(spec, name, features["image"])
     flag = next((k for k in ("is_difficult", "is_crowd") if k in objects), None)
     available = list(builder.info.splits.keys()) or ["train", "validation", "test"]
     if _unlabelled_test(builder):
@@ -152,7 +180,7 @@ def _open_tfds_detection(spec: str, name: str, builder) -> Source:
         return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
 
     return Source(name=spec, task="detect", label_names=tuple(objects["label"].names),
-                  split_sizes=_split_sizes(builder.info, splits), load_split=load)
+                  split_sizes=_split_sizes(spec, builder, splits), load_split=load)
 
 
 def open_tfds(spec: str, name: str, task: str, data_dir: Path) -> Source:
@@ -179,8 +207,7 @@ def open_tfds(spec: str, name: str, task: str, data_dir: Path) -> Source:
     if image_key not in features or label_key not in features or not hasattr(features[label_key], "names"):
         raise ConfigError(f"DATA={spec}: {name} is not an image-classification dataset "
                           f"(features: {list(features.keys())})")
-    if len(features[image_key].shape) != 3:
-        raise ConfigError(f"DATA={spec}: {name}'s {image_key!r} is not an [H, W, C] image")
+    _check_image_feature(spec, name, features[image_key])
     # Split names are known once prepared; a mocked or metadata-less builder lists none,
     # and then the common train/test pair is assumed.
     splits = _tfds_splits(list(info.splits.keys()) or ["train", "test"])
@@ -193,7 +220,7 @@ def open_tfds(spec: str, name: str, task: str, data_dir: Path) -> Source:
         )
 
     return Source(name=spec, task="classify", label_names=tuple(features[label_key].names),
-                  split_sizes=_split_sizes(info, splits), load_split=load)
+                  split_sizes=_split_sizes(spec, builder, splits), load_split=load)
 
 
 def open_source(spec: str, task: str = "classify", *, data_dir: Path | None = None,
@@ -213,17 +240,11 @@ def open_source(spec: str, task: str = "classify", *, data_dir: Path | None = No
             raise ConfigError(f"DATA={spec}: folder: is a classification source; for TASK=detect use voc: or coco:")
         if not rest:
             raise ConfigError(f"DATA={spec}: folder: needs a path, e.g. folder:~/photos")
-        from pipeline.sources.folder_source import open_folder
-
         return open_folder(spec, rest, seed=seed, skip_bad=skip_bad)
     if kind in ("voc", "coco") and sep:
         if task != "detect":
             raise ConfigError(f"DATA={spec}: {kind}: is a detection source; use it with TASK=detect")
         if kind == "voc":
-            from pipeline.sources.voc_source import open_voc
-
             return open_voc(spec, rest, seed=seed, skip_bad=skip_bad)
-        from pipeline.sources.coco_source import open_coco
-
         return open_coco(spec, rest, seed=seed, skip_bad=skip_bad)
     raise ConfigError(f"DATA={spec!r}: unknown data source; expected one of: {FORMS}")

@@ -29,11 +29,10 @@ import numpy as np
 
 from common.errors import ConfigError, DataError
 from pipeline.sources.images import IMAGE_EXTENSIONS
-from pipeline.sources.annotation_files import (
-    HOLDOUT, Annotated, detection_source, image_size, keep_or_skip, parallel, parse_options,
-    seeded_split, split_spec,
-)
+from pipeline.sources.annotation_files import Annotated, detection_source, image_size, keep_or_skip, parallel
+from pipeline.sources.options import parse_options, split_spec
 from pipeline.sources.schema import SPLITS, Skipped, Source
+from pipeline.sources.splits import carve_splits, seeded_split  # noqa: F401  (seeded_split re-exported)
 
 _VOC_SPLIT_FILES = {"train": "train", "validation": "val", "test": "test"}
 
@@ -173,18 +172,14 @@ def voc_split_ids(root: Path, seed: int) -> tuple[dict[str, list[str]], list[str
                 raise DataError(root / "Annotations", "no .xml annotation files")
         listed = {i for ids in held.values() for i in ids}
         pool = [i for i in base if i not in listed]
-    parts = iter(seeded_split(pool, tuple(HOLDOUT for s in ("validation", "test") if s not in held), seed))
-    splits = {"train": next(parts)}
-    for split in ("validation", "test"):
-        splits[split] = held[split] if split in held else next(parts)
-    return splits, pool
+    return carve_splits(pool, held, seed), pool
 
 
 def open_voc(spec: str, rest: str, *, seed: int = 0, skip_bad: bool = False) -> Source:
     path_text, option_text = split_spec(rest)
     if not path_text:
         raise ConfigError(f"DATA={spec}: voc: needs a path, e.g. voc:~/VOCdevkit/VOC2007")
-    opts = parse_options(option_text, ("classes",), ("classes",), spec) if option_text else {}
+    opts = parse_options(option_text, {"classes": str}, spec, lists=("classes",))
     classes = opts.get("classes")
     if classes is not None and (len(set(classes)) != len(classes) or "" in classes):
         raise ConfigError(f"DATA={spec}: classes= must list distinct, non-empty names")

@@ -20,7 +20,7 @@ from PIL import Image
 from common.errors import ConfigError
 from common.run_folder import RunFolder, atomic_path
 from models.cnn import CNNConfig, build_cnn
-from pipeline.training import distribute
+from pipeline.training import distribute, keras_compat
 from pipeline.training.history import read_history
 from pipeline.augment import AugmentConfig
 from pipeline.dataset import PipelineConfig, classification_dataset
@@ -147,7 +147,7 @@ def build_model(cfg: TrainConfig, num_classes: int, strategy):
             loss="sparse_categorical_crossentropy",
             metrics=["accuracy"],
         )
-    return distribute.adapt_model(model, strategy)
+    return keras_compat.adapt_model(model, strategy)
 
 
 def _float32_copy(model, cfg: TrainConfig, num_classes: int):
@@ -180,7 +180,7 @@ def _train(cfg: TrainConfig, source: Source, run: RunFolder, mine: RunFolder, *,
     history_csv = mine.resume_dir / "history.csv"
     # A non-chief worker restores what the chief saved, so every worker starts from the same
     # epoch and weights, and never writes a backup of its own.
-    restore = [] if chief or not resuming else [distribute.restore_only(run.resume_dir / "backup")]
+    restore = [] if chief or not resuming else [keras_compat.restore_only(run.resume_dir / "backup")]
     callbacks = training_callbacks(run, monitor="val_accuracy", mode="max", patience=cfg.patience,
                                    history_csv=history_csv, log_dir=mine.logs, writes_backup=chief,
                                    restore=restore)

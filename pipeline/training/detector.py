@@ -22,7 +22,8 @@ from common.errors import ConfigError
 from common.run_folder import RunFolder, atomic_path
 from models.anchors import generate_anchors
 from models.losses import LossConfig, SSDLoss
-from models.postprocess import decode_detections
+from models.matching import DEFAULT_IOU_THRESHOLD
+from models.postprocess import MAX_DETECTIONS, NMS_IOU, SCORE_THRESHOLD, decode_detections
 from models.presets import default_ssd
 from models.ssd import SSDConfig, build_ssd, split_predictions
 from pipeline.detection_dataset import (DetectionAugmentConfig, DetectionPipelineConfig, detection_dataset,
@@ -61,10 +62,10 @@ class DetectTrainConfig:
     optimizer: str = "adam"
     patience: int = 10
     seed: int = 0
-    iou_threshold: float = 0.5
-    score_threshold: float = 0.01
-    nms_iou: float = 0.5
-    max_detections: int = 100
+    iou_threshold: float = DEFAULT_IOU_THRESHOLD
+    score_threshold: float = SCORE_THRESHOLD
+    nms_iou: float = NMS_IOU
+    max_detections: int = MAX_DETECTIONS
 
     def __post_init__(self):
         if self.task != "detect":

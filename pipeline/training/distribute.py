@@ -4,7 +4,8 @@
     is_chief(), writes_run_folder(strategy), worker_dir(run_root, chief)  who writes what
     auto_shard_policy(num_files, num_workers), with_auto_shard(ds, p)  how the data is split
     resolve_precision(name), apply_precision(name)                     the Keras dtype policy
-    adapt_model(model, strategy)                                       Keras 3 + multi-worker fixes
+
+Keras 3's own trainer needs a patch to train under ``multiworker``: keras_compat.adapt_model.
 
 Strategies:
 
@@ -27,9 +28,11 @@ import json
 import os
 import shutil
 import tempfile
-import types
 from pathlib import Path
 from typing import Iterator
+
+import keras
+import tensorflow as tf
 
 from common.errors import ConfigError
 
@@ -115,15 +118,11 @@ def worker_dir(run_root: Path, chief: bool) -> Iterator[Path]:
 
 def visible_gpus() -> list:
     """The GPUs TensorFlow can see (tests replace this function)."""
-    import tensorflow as tf
-
     return tf.config.list_physical_devices("GPU")
 
 
 def gpu_compute_capabilities() -> list[tuple[int, int]]:
     """(major, minor) CUDA compute capability of each visible GPU; (0, 0) where unknown."""
-    import tensorflow as tf
-
     caps = []
     for gpu in visible_gpus():
         cap = tf.config.experimental.get_device_details(gpu).get("compute_capability")
@@ -143,8 +142,6 @@ def strategy_name(name: str) -> str:
 def select_strategy(name: str = "auto"):
     """The tf.distribute strategy for ``name`` (see the module docstring). Call it before any
     other TensorFlow work in the process: MultiWorkerMirroredStrategy cannot start later."""
-    import tensorflow as tf
-
     resolved = strategy_name(name)
     if resolved == "default":
         return tf.distribute.get_strategy()
@@ -164,8 +161,6 @@ def select_strategy(name: str = "auto"):
 
 
 def is_multiworker(strategy) -> bool:
-    import tensorflow as tf
-
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
 
@@ -193,8 +188,6 @@ def auto_shard_policy(num_files: int | None, num_workers: int):
 
     With one worker there is nothing to split and the answer does not matter (DATA).
     """
-    import tensorflow as tf
-
     policy = tf.data.experimental.AutoShardPolicy
     if num_workers > 1 and num_files is not None and num_files >= num_workers:
         return policy.FILE
@@ -203,8 +196,6 @@ def auto_shard_policy(num_files: int | None, num_workers: int):
 
 def with_auto_shard(ds, policy):
     """``ds`` with its auto-shard option set (the option only matters under a multi-worker strategy)."""
-    import tensorflow as tf
-
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = policy
     return ds.with_options(options)
@@ -235,8 +226,6 @@ def apply_precision(name: str) -> Iterator[str]:
     Under a mixed policy layers compute in float16/bfloat16 and keep float32 variables; build the
     output layer with ``dtype="float32"`` so the softmax and the loss stay in float32.
     """
-    import keras
-
     policy = resolve_precision(name)
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(policy)
@@ -248,70 +237,3 @@ def apply_precision(name: str) -> Iterator[str]:
 
 def is_mixed(precision: str) -> bool:
     return precision.startswith("mixed_")
-
-
-# ---------------------------------------------------------------- Keras 3 under MultiWorkerMirroredStrategy
-
-def adapt_model(model, strategy):
-    """Let ``model.fit`` / ``evaluate`` run under MultiWorkerMirroredStrategy; other strategies: unchanged.
-
-    Keras 3.15's TF trainer does not support that strategy (keras-team/keras#20585,
-    tensorflow/tensorflow#72388) in two places, both fixed here on this model only:
-
-    * before the first step it all-reduces a whole (x, y) batch just to learn its shapes, which
-      the multi-worker reduce cannot do for a tuple; we build from this worker's own batch
-      (the shapes are the same on every worker);
-    * it averages each step's metrics with ``reduce(MEAN, axis=0)``, which fails for scalars;
-      the steps here return each metric as a length-1 vector, so the mean over the workers'
-      replicas comes out as the scalar Keras expects. Metric results are running averages
-      computed per replica, so the logged value is the mean over replicas (exact when every
-      replica sees the same number of examples, as with the global batch split evenly).
-    """
-    if not is_multiworker(strategy):
-        return model
-    import tensorflow as tf
-
-    if not (hasattr(model, "_maybe_symbolic_build") and hasattr(model, "_symbolic_build")):
-        import keras
-
-        raise RuntimeError(f"Keras {keras.__version__} changed the trainer internals adapt_model() relies on; "
-                           f"multi-worker training is tested with Keras 3.15")
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        if iterator is not None:
-            for _, _, it in iterator:
-                batch = next(it)
-                data_batch = tf.nest.map_structure(
-                    lambda v: strategy.experimental_local_results(v)[0]
-                    if isinstance(v, tf.distribute.DistributedValues) else v, batch)
-                break
-        with strategy.scope():
-            self._symbolic_build(data_batch=data_batch)
-
-    def vector_metrics(step):
-        return lambda data: {k: tf.expand_dims(v, 0) for k, v in step(data).items()}
-
-    model._maybe_symbolic_build = types.MethodType(_maybe_symbolic_build, model)
-    model.train_step = vector_metrics(model.train_step)
-    model.test_step = vector_metrics(model.test_step)
-    return model
-
-
-def restore_only(backup_dir: Path):
-    """A callback that restores the chief's BackupAndRestore state at the start of training and
-    never writes: what a non-chief worker needs to resume in step with the chief."""
-    import keras
-
-    class RestoreFromChief(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self._backup = keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False)
-
-        def set_model(self, model):
-            super().set_model(model)
-            self._backup.set_model(model)
-
-        def on_train_begin(self, logs=None):
-            self._backup.on_train_begin(logs)
-
-    return RestoreFromChief()

@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
+import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from common.errors import ConfigError
-from common.processes import die_with_parent, free_ports, tail
+from common.processes import Child, free_ports, supervise, tail
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository (cli.py)
 HOST = "127.0.0.1"
@@ -53,19 +51,6 @@ def worker_argv(train_argv: list[str]) -> list[str]:
     return out + ["--strategy", "multiworker"]
 
 
-def _stop(procs: list[subprocess.Popen]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_SECONDS
-    for p in procs:
-        try:
-            p.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
 def run_workers(command: list[str], n: int, *, env: dict | None = None, poll_seconds: float = 0.2) -> int:
     """Run ``command`` as workers 0..n-1 of a local cluster; 0 when all succeed, else a failed
     worker's exit status (its output's tail is printed; the other workers are stopped).
@@ -80,45 +65,23 @@ def run_workers(command: list[str], n: int, *, env: dict | None = None, poll_sec
     # Workers on one host share its cores; without this each one starts a thread per core.
     threads = str(max(1, (os.cpu_count() or 1) // n))
     logs = Path(tempfile.mkdtemp(prefix="train-workers-"))
-    procs, files = [], []
-    try:
-        for i in range(n):
-            worker_env = {**base, "TF_CONFIG": tf_config(hosts, i), "PYTHONUNBUFFERED": "1"}
-            worker_env.setdefault("TF_NUM_INTRAOP_THREADS", threads)
-            worker_env.setdefault("TF_NUM_INTEROP_THREADS", "1")
-            if i == 0:
-                out = None  # the chief's output is the run's output
-            else:
-                out = open(logs / f"worker{i}.log", "wb")
-                files.append(out)
-            procs.append(subprocess.Popen(command, env=worker_env, cwd=ROOT, stdout=out,
-                                          stderr=subprocess.STDOUT if out else None,
-                                          preexec_fn=die_with_parent))
-        while True:
-            codes = [p.poll() for p in procs]
-            failed = next((i for i, c in enumerate(codes) if c not in (None, 0)), None)
-            if failed is not None:
-                _stop(procs)
-                where = "above" if failed == 0 else f"{logs / f'worker{failed}.log'}, which ends with:\n" \
-                                                    f"{tail(logs / f'worker{failed}.log')}"
-                print(f"Worker {failed} of {n} exited with status {codes[failed]}; the other workers were stopped. "
-                      f"Its output is {where}", file=sys.stderr)
-                return codes[failed] if codes[failed] > 0 else 128 - codes[failed]
-            if all(c == 0 for c in codes):
-                for f in files:
-                    f.close()
-                files.clear()
-                for log in logs.iterdir():
-                    log.unlink()
-                logs.rmdir()
-                return 0
-            time.sleep(poll_seconds)
-    except BaseException:
-        _stop(procs)
-        raise
-    finally:
-        for f in files:
-            f.close()
+    children = {}
+    for i in range(n):
+        worker_env = {**base, "TF_CONFIG": tf_config(hosts, i), "PYTHONUNBUFFERED": "1"}
+        worker_env.setdefault("TF_NUM_INTRAOP_THREADS", threads)
+        worker_env.setdefault("TF_NUM_INTEROP_THREADS", "1")
+        # The chief's output is the run's output.
+        children[f"worker{i}"] = Child(command, worker_env, log=None if i == 0 else logs / f"worker{i}.log", cwd=ROOT)
+    failed, code = supervise(children, poll_seconds=poll_seconds, grace_seconds=STOP_GRACE_SECONDS)
+    if failed is None:
+        shutil.rmtree(logs)
+        return 0
+    index = list(children).index(failed)
+    log = logs / f"{failed}.log"
+    where = "above" if index == 0 else f"{log}, which ends with:\n{tail(log)}"
+    print(f"Worker {index} of {n} exited with status {code}; the other workers were stopped. "
+          f"Its output is {where}", file=sys.stderr)
+    return code if code > 0 else 128 - code
 
 
 def launch_local_workers(train_argv: list[str], n: int, run_dir: Path, *, env: dict | None = None) -> int:

@@ -47,6 +47,12 @@ def _positive(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
+def _share_of(value, n: int) -> bool:
+    """Whether ``value`` is k / n for a whole k in 0..n: a share counted over exactly n examples."""
+    k = value * n
+    return math.isfinite(k) and abs(k - round(k)) < 1e-6 and 0 <= round(k) <= n
+
+
 def _fake_home(monkeypatch, home: Path) -> None:
     """HOME, and tfds' default data dir (read from HOME once, when tfds is first imported),
     pointed at ``home``: any fall-back to ~/tensorflow_datasets lands there, where the test
@@ -108,14 +114,19 @@ def test_pipeline_figures(smoke_run):
 def test_export_figures(smoke_run):
     r = _read(smoke_run.out, "export_bench.json")
     assert set(r["modes"]) == {"float32", "float16", "dynamic", "int8", "int8-qat"}
+    n = r["test_examples"]
+    assert n > 0 and _share_of(r["keras_accuracy"], n)
     for mode, row in r["modes"].items():
         assert _positive(row["size_bytes"]) and _positive(row["gzip_bytes"]), mode
         assert set(row["latency_ms"]) == {"1", "2"}
         assert all(_positive(t["median_ms"]) and t["p90_ms"] >= t["median_ms"] for t in row["latency_ms"].values())
-        assert 0.0 <= row["accuracy"] <= 1.0 and 0.0 <= row["agreement"] <= 1.0
+        # counted over the test split, image by image
+        assert _share_of(row["accuracy"], n) and _share_of(row["agreement"], n), (mode, n, row)
+    # float32 is the Keras model's function: the same top-1, so the same accuracy
+    assert r["modes"]["float32"]["agreement"] == 1.0
+    assert r["modes"]["float32"]["accuracy"] == pytest.approx(r["keras_accuracy"])
     assert r["modes"]["float32"]["size_vs_float32"] == pytest.approx(1.0)
     assert r["modes"]["int8"]["size_bytes"] < r["modes"]["float32"]["size_bytes"]
-    assert r["test_examples"] > 0 and 0.0 <= r["keras_accuracy"] <= 1.0
     assert {"int8_size_ratio", "int8_latency_ratio_1_thread", "int8_accuracy_drop", "qat_at_least_ptq"} <= set(r["targets"])
 
     kernels = _read(smoke_run.out, "int8_kernels.json")
@@ -135,7 +146,10 @@ def test_detection_figures(smoke_run):
     assert r["epochs"] >= 1 and r["config"]["ssd"]["anchors"]["input_size"] == 64
     assert set(r["map"]) == {"keras", "float32", "int8"}
     for name, m in r["map"].items():
-        assert 0.0 <= m["map50"] <= 1.0 and 0.0 <= m["map"] <= 1.0, name
+        # mAP@[.5:.95] averages the APs at IoU .50 ... .95, none above the AP at .50
+        assert math.isfinite(m["map"]) and m["map"] <= m["map50"] + 1e-9, (name, m)
+    # the float32 .tflite computes the Keras model's function on the same test split
+    assert r["map"]["float32"]["map50"] == pytest.approx(r["map"]["keras"]["map50"], abs=0.02), r["map"]
     assert set(r["latency_ms"]) == {"float32", "int8"} and all(_positive(v) for v in r["latency_ms"].values())
     assert all(_positive(v) for v in r["model_bytes"].values())
     assert _positive(r["pipeline"]["images_per_s"]) and _positive(r["consumption"]["images_per_s"])
@@ -153,7 +167,12 @@ def test_detector_int8_figures(smoke_run):
         assert all(_positive(v["best_ms"]) and _positive(v["median_ms"]) for v in rows.values())
     assert set(r["model"]["bytes"]) == names and all(_positive(b) for b in r["model"]["bytes"].values())
     assert all(_positive(v) for v in r["ratios"].values())
-    assert r["categories"] and all(c["float32_us"] >= 0 and c["int8_us"] >= 0 for c in r["categories"])
+    # the per-category table accounts for every op of both models and for all of their time
+    assert r["categories"]
+    for mode in ("float32", "int8"):
+        assert sum(c[f"{mode}_ops"] for c in r["categories"]) == r["model"]["ops"][mode], mode
+        assert sum(c[f"{mode}_us"] for c in r["categories"]) == pytest.approx(1000 * r["one_op_sum_ms"][mode]), mode
+        assert all((c[f"{mode}_us"] > 0) == (c[f"{mode}_ops"] > 0) for c in r["categories"]), mode
     assert [p["candidates"] for p in r["postprocess_us_by_candidates"]][0] == 0
     assert all(_positive(p["us"]) for p in r["postprocess_us_by_candidates"])
 

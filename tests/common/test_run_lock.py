@@ -5,45 +5,13 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from common.errors import RunLockedError, UserError
 from common.run_lock import LOCK_FILE, run_lock
-
-REPO = Path(__file__).resolve().parents[2]
-
-# Takes the lock, says so, then holds it until killed or until the release file appears.
-HOLDER = textwrap.dedent("""
-    import pathlib, sys, time
-    from common.run_lock import run_lock
-    run, release = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
-    with run_lock(run, "train"):
-        print("locked", flush=True)
-        while not release.exists():
-            time.sleep(0.01)
-    print("released", flush=True)
-""")
-
-
-def _child_env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-    return env
-
-
-def _start_holder(run: Path, release: Path) -> subprocess.Popen:
-    """A child that holds run's lock; returns once it has it (its "locked" line), not after a sleep."""
-    child = subprocess.Popen([sys.executable, "-c", HOLDER, str(run), str(release)], cwd=REPO, env=_child_env(),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = child.stdout.readline()
-    if line.strip() != "locked":
-        child.kill()
-        _, err = child.communicate(timeout=5)
-        pytest.fail(f"holder did not take the lock: {line!r} {err}")
-    return child
+from tests.common.lock_holder import HOLDER, REPO, child_env, start_holder
 
 
 @pytest.fixture
@@ -52,7 +20,7 @@ def holder_of(tmp_path):
     children = []
 
     def start(run: Path) -> subprocess.Popen:
-        child = _start_holder(run, tmp_path / f"release-{len(children)}")
+        child = start_holder(run, tmp_path / f"release-{len(children)}")
         children.append(child)
         return child
 
@@ -81,7 +49,7 @@ def test_second_taker_gets_one_line_naming_folder_and_holder(tmp_path, holder_of
 
     # Another process, the way a second `make train` meets it: the error, and the holder untouched.
     other = subprocess.run([sys.executable, "-c", HOLDER, str(run), str(tmp_path / "never")], cwd=REPO,
-                           env=_child_env(), capture_output=True, text=True, timeout=30)
+                           env=child_env(), capture_output=True, text=True, timeout=30)
     assert other.returncode != 0 and "locked" not in other.stdout
     assert f"RunLockedError: {run}: in use by another command (pid {child.pid}, train" in other.stderr
     assert child.poll() is None

@@ -10,6 +10,8 @@ from export.classifier_export import predict_probabilities
 from export.runtime import TFLiteModel
 from tests.export.tolerances import FLOAT32_PROBABILITY_TOLERANCE, quantized_error_budget
 
+pytestmark = pytest.mark.heavy  # every test here uses the session's trained run and its conversions
+
 FLOAT_TYPES = {np.dtype(np.float32), np.dtype(np.float16)}
 
 

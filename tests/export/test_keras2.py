@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from export import keras2
 from export.classifier_export import predict_probabilities
 from tests.export.tolerances import FLOAT32_PROBABILITY_TOLERANCE
+
+pytestmark = pytest.mark.heavy  # every test here uses the session's trained run and its conversions
 
 
 def test_round_trip_through_tf_keras_is_exact(export_data):

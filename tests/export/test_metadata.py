@@ -7,6 +7,8 @@ import pytest
 from export.metadata import ImageInput, read_metadata, with_classifier_metadata
 from export.runtime import TFLiteClassifier, TFLiteModel
 
+pytestmark = pytest.mark.heavy  # every test here uses the session's trained run and its conversions
+
 
 def _annotate(model_bytes, labels, size=32):
     return with_classifier_metadata(model_bytes, labels, ImageInput(size=size), name="tiny", description="test",

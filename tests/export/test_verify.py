@@ -10,6 +10,8 @@ from export.classifier_export import predict_probabilities
 from export.runtime import TFLiteModel
 from export.verify import verify_classifier
 
+pytestmark = pytest.mark.heavy  # every test here uses the session's trained run and its conversions
+
 
 @pytest.fixture
 def reference(export_data):

@@ -127,6 +127,7 @@ def synthetic_detection_data(n=4, size=64, seed=0):
     return images, all_boxes, all_labels
 
 
+@pytest.mark.heavy
 def test_a_few_steps_overfit_a_handful_of_images():
     # Tracing MobileNetV2's backward pass dominates this test on a CPU; two backbone levels,
     # single-layer "conv" heads and plain SGD keep that (and the optimizer's graph) small.

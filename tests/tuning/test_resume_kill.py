@@ -6,20 +6,27 @@ import json
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.heavy
 
-def _wait_for(path, proc, timeout: float = 150.0):
+
+def _wait_for_first_run_line(runs_log: Path, proc: subprocess.Popen, log: Path, timeout: float = 150.0) -> None:
+    """Return once ``runs_log`` holds one complete line: the tuner writes it as the trial starts
+    (tuning.search: run_trial), after the oracle has saved the trial as RUNNING and before it
+    trains. Polling a file the trial writes, not a fixed sleep: no race with the trial's speed."""
     deadline = time.monotonic() + timeout
-    while not path.exists():
+    while not (runs_log.exists() and runs_log.read_text().endswith("\n")):
         if proc.poll() is not None:
-            pytest.fail(f"the search ended (status {proc.returncode}) before {path} appeared:\n"
-                        + proc.stdout.read().decode(errors="replace")[-3000:])
+            pytest.fail(f"the search ended (status {proc.returncode}) before {runs_log} was written:\n"
+                        + log.read_text(errors="replace")[-3000:])
         if time.monotonic() > deadline:
             proc.kill()
-            pytest.fail(f"{path} did not appear in {timeout} s")
-        time.sleep(0.1)
+            proc.wait()
+            pytest.fail(f"{runs_log} was not written in {timeout} s")
+        time.sleep(0.05)
 
 
 def test_rerun_after_sigkill_continues_where_it_was(tmp_path, tiny_args, tune_subprocess):
@@ -29,13 +36,16 @@ def test_rerun_after_sigkill_continues_where_it_was(tmp_path, tiny_args, tune_su
     args = tiny_args(run, "--tuner", "grid", "--trials", "3", "--space-set", "learning_rate=0.001,0.003,0.0003")
     project = run / "tuning" / "project"
 
-    first = subprocess.Popen(command(args), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    _wait_for(project / "trial_1" / "runs.log", first)  # trial 0 has finished, trial 1 is training
-    time.sleep(1.0)
-    first.send_signal(signal.SIGKILL)
-    first.wait()
+    log = tmp_path / "first.log"
+    with log.open("wb") as out:  # a file, not a pipe nobody reads: the child can never block on it
+        first = subprocess.Popen(command(args), env=env, stdout=out, stderr=subprocess.STDOUT)
+        _wait_for_first_run_line(project / "trial_1" / "runs.log", first, log)  # trial 0 done, trial 1 started
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    assert first.returncode == -signal.SIGKILL, "the search ended before it could be killed"
     finished = json.loads((project / "trial_0" / "trial.json").read_text())
     assert finished["status"] == "COMPLETED"
+    assert json.loads((project / "trial_1" / "trial.json").read_text())["status"] == "RUNNING"  # killed mid-trial
     assert not (run / "model.keras").exists()
 
     second = subprocess.run(command(args), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)

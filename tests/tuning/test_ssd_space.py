@@ -42,11 +42,11 @@ def test_a_sample_sets_the_model_and_its_anchors():
 
 
 def test_overrides_and_files_narrow_the_space(tmp_path):
-    space = load_space(None, ["aspect_ratios=1,1:3", "head=conv,ssdlite", "input_size=96"], task="detect")
+    space = load_space(None, ["aspect_ratios=1,1:3", "head=conv,ssdlite", "input_size=96"], space_cls=SSDSearchSpace)
     assert space.aspect_ratios == ("1", "1:3") and space.head == ("conv", "ssdlite") and space.input_size == (96,)
     path = tmp_path / "space.yaml"
     path.write_text("alpha: 0.5\naspect_ratios: [[1, 2, 0.5], '1']\nlearning_rate: [0.001]\n")
-    space = load_space(path, task="detect")
+    space = load_space(path, space_cls=SSDSearchSpace)
     assert (space.alpha, space.aspect_ratios, space.learning_rate) == ((0.5,), ("1:2:0.5", "1"), (0.001,))
     assert space.num_configurations() == 3 * 1 * 3 * 3 * 3 * 3 * 2
     assert SSDSearchSpace.from_dict(json.loads(json.dumps(space.to_dict()))) == space
@@ -62,7 +62,7 @@ def test_overrides_and_files_narrow_the_space(tmp_path):
 ])
 def test_bad_detector_space_is_refused_with_its_reason(override, message):
     with pytest.raises(ConfigError, match=message):
-        load_space(None, [override], task="detect")
+        load_space(None, [override], space_cls=SSDSearchSpace)
 
 
 def test_tune_config_takes_the_task_defaults_and_round_trips():

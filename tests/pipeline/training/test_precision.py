@@ -68,6 +68,7 @@ def mixed_run(tmp_path_factory, data_dir):
     return run, metrics, cfg, source
 
 
+@pytest.mark.heavy
 @pytest.mark.kernel_sensitive
 def test_mixed_run_saves_a_float32_model_that_exports_to_a_float32_tflite(mixed_run):
     run, metrics, cfg, _ = mixed_run
@@ -93,6 +94,7 @@ def test_mixed_run_saves_a_float32_model_that_exports_to_a_float32_tflite(mixed_
     assert metrics["epochs_run"] == 2 and np.isfinite(metrics["history"]["loss"]).all()
 
 
+@pytest.mark.heavy
 def test_a_run_is_not_resumed_under_another_precision(mixed_run):
     run, _, cfg, source = mixed_run
     from dataclasses import replace

@@ -1,6 +1,6 @@
 """SIGKILL a real `cli.py train --task detect` after a checkpointed epoch, run it again: it resumes.
 
-The detector's counterpart of the classifier's test in tests/pipeline/test_train.py, with the
+The detector's counterpart of the classifier's test in tests/pipeline/training/test_classifier.py, with the
 backup damaged as a kill in the middle of writing it would leave it. Most of each process's time
 is Keras tracing the train step (half a minute or more on 2 CPU cores), so the data is tiny:
 64 px images, 2 steps an epoch, 5 epochs.
@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.heavy  # each test starts and kills real training processes
+
+ROOT = Path(__file__).resolve().parents[3]
 DATA = "shapes:train=16,validation=4,test=4,size=64"
 EPOCHS = 5
 STARTUP_TIMEOUT = 420  # seconds until the first epoch is checkpointed; tracing dominates, slow under load

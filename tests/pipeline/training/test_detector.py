@@ -8,6 +8,7 @@ from common.errors import ConfigError, UserError
 from pipeline.training.detector import DetectTrainConfig, train_detector
 
 
+@pytest.mark.heavy
 def test_overfit_detector_finds_the_boxes_of_its_training_images(trained_detector):
     _, metrics, _ = trained_detector
     test = metrics["test"]
@@ -18,6 +19,7 @@ def test_overfit_detector_finds_the_boxes_of_its_training_images(trained_detecto
     assert np.mean(loss[-3:]) < 0.3 * loss[0]
 
 
+@pytest.mark.heavy
 def test_run_folder_has_every_artifact(trained_detector, overfit_source):
     run, metrics, cfg = trained_detector
     for name in ("model.keras", "labels.txt", "config.json", "metrics.json", "report.md",
@@ -33,6 +35,7 @@ def test_run_folder_has_every_artifact(trained_detector, overfit_source):
     assert set(saved["test"]["per_class"]) == set(overfit_source.label_names)
 
 
+@pytest.mark.heavy
 def test_rerun_is_a_no_op_and_other_settings_are_refused(trained_detector, overfit_source, capsys):
     run, metrics, cfg = trained_detector
     before = (run / "model.keras").stat().st_mtime_ns

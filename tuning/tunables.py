@@ -1,0 +1,160 @@
+"""What the search needs from each task, in one object per task: its space, its quality, its trial
+datasets and hypermodel, how a trial's hyperparameters become the `make train` config, and how
+the best is retrained.
+
+``tasks.ClassifierTask.search`` is ``CLASSIFIER_SEARCH`` and ``tasks.DetectorTask.search`` is
+``DETECTOR_SEARCH``; the rest of ``tuning`` calls these methods and never compares task names.
+``SEARCHES`` maps the name recorded in settings.json back to the object (a resumed search, a
+worker process).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+import keras_tuner
+
+from common.errors import ConfigError, UserError
+from models.presets import default_ssd
+from pipeline.dataset import classification_dataset
+from pipeline.sources.schema import Source
+from pipeline.training.classifier import TrainConfig, train_classifier
+from pipeline.training.detector import DetectTrainConfig, train_detector
+from tuning.hypermodel import CNNHyperModel, SSDHyperModel
+from tuning.objective import ACCURACY, MAP, Quality
+from tuning.space import SearchSpace, SSDSearchSpace, sample_cnn_config, sample_ssd_config
+
+# ``cfg`` below is a tuning.search.TuneConfig; annotations only (search imports this module, and
+# ``from __future__ import annotations`` keeps them unevaluated).
+
+
+def _hyperparameters(values: dict) -> keras_tuner.HyperParameters:
+    hp = keras_tuner.HyperParameters()
+    hp.values.update(values)
+    return hp
+
+
+class TaskSearch(ABC):
+    """One task's side of `make tune`."""
+
+    name: str                  # the task, as recorded in settings.json
+    quality: Quality           # what ranks trials
+    space_type: type           # SearchSpace or SSDSearchSpace
+    batch_size: int            # as `make train` uses
+    trial_train_examples: int  # train images per trial by default
+    per_trial: str             # the report's words on what a trial sees beyond epochs and images
+    measurement: str           # the report's words on what is measured
+
+    @abstractmethod
+    def train_config(self, cfg: TuneConfig, hyperparameters: dict, *, epochs: int | None = None):
+        """The `make train` config of a trial's hyperparameters. epochs None: the retrain on the
+        full data (final_epochs, or `make train`'s default for this data)."""
+
+    @abstractmethod
+    def check(self, cfg: TuneConfig, source: Source) -> None:
+        """UserError for a search this data or these settings cannot run."""
+
+    @abstractmethod
+    def search(self, cfg: TuneConfig, tuner_factory, trials_source: Source, source: Source, verbose: int) -> None:
+        """Run this process's share of the trials: ``tuner_factory(hypermodel)`` makes the tuner."""
+
+    @abstractmethod
+    def retrain(self, train_cfg, source: Source, run_dir, verbose: int) -> dict:
+        """Train the best configuration into RUN as `make train` would; returns metrics.json's content."""
+
+    @abstractmethod
+    def model_summary(self, train_cfg) -> dict:
+        """The model part of best_hyperparameters.json."""
+
+    @abstractmethod
+    def retrained_summary(self, final: dict) -> dict:
+        """The retrained model's figures for best_hyperparameters.json."""
+
+
+class ClassifierSearch(TaskSearch):
+    name = "classify"
+    quality = ACCURACY
+    space_type = SearchSpace
+    batch_size = 64
+    trial_train_examples = 3000
+    per_trial = ""
+    measurement = ""
+
+    def train_config(self, cfg: TuneConfig, hyperparameters: dict, *, epochs: int | None = None) -> TrainConfig:
+        cnn, learning_rate = sample_cnn_config(_hyperparameters(hyperparameters), cfg.space)
+        return TrainConfig(data=cfg.data, image_size=cfg.image_size, batch_size=cfg.batch_size,
+                           epochs=epochs or cfg.final_epochs or TrainConfig.epochs_for(cfg.data),
+                           learning_rate=learning_rate, seed=cfg.seed, cnn=cnn)
+
+    def check(self, cfg: TuneConfig, source: Source) -> None:
+        cfg.space.check_input_size(cfg.image_size)
+
+    def search(self, cfg: TuneConfig, tuner_factory, trials_source: Source, source: Source, verbose: int) -> None:
+        pipe = TrainConfig(data=cfg.data, image_size=cfg.image_size, batch_size=cfg.batch_size).pipeline()
+        train = classification_dataset(trials_source, "train", pipe, training=True, seed=cfg.seed)
+        val = classification_dataset(source, "validation", pipe, training=False)
+        hypermodel = CNNHyperModel(cfg.space, num_classes=source.num_classes, input_size=cfg.image_size,
+                                   objective=cfg.objective, latency_runs=cfg.latency_runs)
+        tuner_factory(hypermodel).search(train, validation_data=val, epochs=cfg.epochs, verbose=verbose)
+
+    def retrain(self, train_cfg: TrainConfig, source: Source, run_dir, verbose: int) -> dict:
+        return train_classifier(train_cfg, source, run_dir, verbose=verbose)
+
+    def model_summary(self, train_cfg: TrainConfig) -> dict:
+        return {"cnn": train_cfg.cnn.to_dict()}
+
+    def retrained_summary(self, final: dict) -> dict:
+        return {"test_accuracy": final["test"]["accuracy"], "validation_accuracy": final["validation_accuracy"]}
+
+
+class DetectorSearch(TaskSearch):
+    name = "detect"
+    quality = MAP
+    space_type = SSDSearchSpace
+    batch_size = 32
+    trial_train_examples = 1000
+    per_trial = "; scored on the whole validation split with pycocotools"
+    measurement = " (TFLite_Detection_PostProcess included)"
+
+    def train_config(self, cfg: TuneConfig, hyperparameters: dict, *,
+                     epochs: int | None = None) -> DetectTrainConfig:
+        ssd, learning_rate = sample_ssd_config(_hyperparameters(hyperparameters), cfg.space, default_ssd())
+        return DetectTrainConfig(data=cfg.data, ssd=ssd, learning_rate=learning_rate, batch_size=cfg.batch_size,
+                                 seed=cfg.seed, epochs=epochs or cfg.final_epochs or DetectTrainConfig.epochs)
+
+    def check(self, cfg: TuneConfig, source: Source) -> None:
+        if not source.split_sizes.get("validation"):
+            raise UserError(f"DATA={cfg.data}: TASK=detect tuning ranks trials by mAP on the validation split, "
+                            f"and this source has none")
+
+    def search(self, cfg: TuneConfig, tuner_factory, trials_source: Source, source: Source, verbose: int) -> None:
+        # The anchors (and so the targets) and the input size change with the trial: the
+        # hypermodel makes each trial's datasets itself.
+        hypermodel = SSDHyperModel(cfg, train_source=trials_source, val_source=source,
+                                   trial_config=lambda hp: self.trial_config(cfg, hp))
+        tuner_factory(hypermodel).search(epochs=cfg.epochs, verbose=verbose)
+
+    def trial_config(self, cfg: TuneConfig, hp) -> DetectTrainConfig:
+        """A trial's DetectTrainConfig: its SSD and learning rate, the search's epochs."""
+        sample_ssd_config(hp, cfg.space, default_ssd())  # Keras Tuner learns the space from these calls
+        return self.train_config(cfg, dict(hp.values), epochs=cfg.epochs)
+
+    def retrain(self, train_cfg: DetectTrainConfig, source: Source, run_dir, verbose: int) -> dict:
+        return train_detector(train_cfg, source, run_dir, verbose=verbose)
+
+    def model_summary(self, train_cfg: DetectTrainConfig) -> dict:
+        return {"ssd": train_cfg.ssd.to_dict()}
+
+    def retrained_summary(self, final: dict) -> dict:
+        return {"test_map": final["test"]["map"], "test_map50": final["test"]["map50"]}
+
+
+CLASSIFIER_SEARCH = ClassifierSearch()
+DETECTOR_SEARCH = DetectorSearch()
+SEARCHES: dict[str, TaskSearch] = {s.name: s for s in (CLASSIFIER_SEARCH, DETECTOR_SEARCH)}
+
+
+def search_named(name: str) -> TaskSearch:
+    try:
+        return SEARCHES[name]
+    except KeyError:
+        raise ConfigError(f"TASK={name}: expected one of {', '.join(SEARCHES)}") from None
+
