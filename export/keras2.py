@@ -64,7 +64,6 @@ def _steps(dataset) -> int:
 
 
 def _fit(model, train_ds, epochs: int, learning_rate: float, callbacks=()):
-    tf_keras = tf_keras
     model.compile(optimizer=tf_keras.optimizers.Adam(learning_rate),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(train_ds, epochs=epochs, callbacks=list(callbacks), verbose=0)
@@ -76,7 +75,6 @@ def _output_quantize_config():
     Without it quantize_model rejects the model, and leaving the layer
     unquantized would leave its output without a range for the int8 converter.
     """
-    tfmot = tfmot
     qk = tfmot.quantization.keras
 
     class OutputQuantizeConfig(qk.QuantizeConfig):
@@ -108,8 +106,6 @@ def quantize_aware(model, *, preserve_sparsity: bool = False):
     preserve_sparsity: use tfmot's prune-preserving scheme, so fine-tuning a pruned
     model keeps its zeros (PQAT).
     """
-    tfmot = tfmot
-    tf_keras = tf_keras
     qk = tfmot.quantization.keras
     config_cls = _output_quantize_config()
     registry = qk.default_8bit.Default8BitQuantizeRegistry()
@@ -149,7 +145,6 @@ def init_activation_ranges(qat_model, plain_model, batches, max_batches: int = 8
     plain_model: the tf_keras float model ``qat_model`` was made from (same layer names).
     batches: (float32 [B, S, S, 3] 0..255, labels) batches.
     """
-    tf_keras = tf_keras
     targets = {}  # float layer name -> (min var, max var, "output" | "pre_activation")
     for wrapper in qat_model.layers:
         if not wrapper.name.startswith("quant_"):
@@ -244,8 +239,6 @@ def prune(model, build: Builder, train_ds, sparsity: float, *, epochs: int = 2,
     """
     if not 0.0 < sparsity < 1.0:
         raise ValueError(f"sparsity must be in (0, 1), got {sparsity}")
-    tfmot = tfmot
-    tf_keras = tf_keras
     sk = tfmot.sparsity.keras
     total_steps = max(1, epochs * _steps(train_ds))
     frequency = max(1, math.ceil(total_steps / 10))

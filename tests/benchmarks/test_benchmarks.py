@@ -20,6 +20,7 @@ import tensorflow_datasets as tfds
 from benchmarks.data_paths import SMOKE_CLASSIFY_DATA
 from benchmarks.pipeline_throughput import run_pipeline_benchmark
 from benchmarks.suite import ORDER, run_benchmarks
+from export.verify import MAX_MAP_DROP
 
 pytestmark = pytest.mark.heavy
 
@@ -148,8 +149,9 @@ def test_detection_figures(smoke_run):
     for name, m in r["map"].items():
         # mAP@[.5:.95] averages the APs at IoU .50 ... .95, none above the AP at .50
         assert math.isfinite(m["map"]) and m["map"] <= m["map50"] + 1e-9, (name, m)
-    # the float32 .tflite computes the Keras model's function on the same test split
-    assert r["map"]["float32"]["map50"] == pytest.approx(r["map"]["keras"]["map50"], abs=0.02), r["map"]
+    # the float32 .tflite computes the Keras model's function on the same test split; the bound is
+    # the export contract's (export.verify.MAX_MAP_DROP), not a figure from one CPU
+    assert r["map"]["float32"]["map50"] == pytest.approx(r["map"]["keras"]["map50"], abs=MAX_MAP_DROP), r["map"]
     assert set(r["latency_ms"]) == {"float32", "int8"} and all(_positive(v) for v in r["latency_ms"].values())
     assert all(_positive(v) for v in r["model_bytes"].values())
     assert _positive(r["pipeline"]["images_per_s"]) and _positive(r["consumption"]["images_per_s"])

@@ -13,6 +13,8 @@ from tuning.objective import MAP, Constraints, ObjectiveConfig, choose_best
 from tuning.report import metric_columns, plot_names
 from tuning.search import TuningFolder, load_records
 
+pytestmark = pytest.mark.heavy  # real searches: trains, converts and times models
+
 TINY_DETECT = "shapes:train=16,validation=8,test=8,size=64"
 # Two configurations that differ only in their anchors: 2 or 4 anchors per cell.
 NARROW = ["input_size=64", "alpha=0.35", "head_depth=0", "head_filters=16", "min_scale=0.25", "max_scale=0.5",

@@ -1,8 +1,12 @@
 """A chief and 2 workers on loopback: trials are shared, none runs twice, one report comes out."""
 from __future__ import annotations
 
+import pytest
+
 import csv
 import subprocess
+
+pytestmark = pytest.mark.heavy  # real searches: trains, converts and times models
 
 
 def test_two_workers_share_the_trials(tmp_path, tiny_args, tune_subprocess):

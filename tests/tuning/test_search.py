@@ -1,6 +1,8 @@
 """A 3-trial search on tiny data: every report file, every field filled, the best model retrained."""
 from __future__ import annotations
 
+import pytest
+
 import csv
 import json
 
@@ -9,6 +11,8 @@ import cli
 from tuning.objective import ObjectiveConfig, TrialRecord, choose_best
 from tuning.report import metric_columns, plot_names
 from tuning.search import TuneConfig
+
+pytestmark = pytest.mark.heavy  # real searches: trains, converts and times models
 
 
 def test_three_trial_search_writes_a_complete_report(tmp_path, tiny_args):
