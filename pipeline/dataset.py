@@ -32,7 +32,7 @@ class PipelineConfig:
 def cache_split(ds: tf.data.Dataset, source: Source, split: str, cfg: PipelineConfig, cache_dir: Path | None):
     """``ds`` (a split of decoded, resized images) cached after its first pass: in memory when the
     split fits MEMORY_CACHE_BUDGET or there is no ``cache_dir``, else in a file under ``cache_dir``."""
-    n = max(source.split_sizes.get(split, 0), 0)
+    n = source.split_sizes.get(split, 0)  # never negative: sources count or refuse (sources.specs)
     if n * cfg.image_size * cfg.image_size * 3 <= MEMORY_CACHE_BUDGET or cache_dir is None:
         return ds.cache()
     cache_dir.mkdir(parents=True, exist_ok=True)

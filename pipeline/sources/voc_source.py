@@ -32,7 +32,7 @@ from pipeline.sources.images import IMAGE_EXTENSIONS
 from pipeline.sources.annotation_files import Annotated, detection_source, image_size, keep_or_skip, parallel
 from pipeline.sources.options import parse_options, split_spec
 from pipeline.sources.schema import SPLITS, Skipped, Source
-from pipeline.sources.splits import carve_splits, seeded_split  # noqa: F401  (seeded_split re-exported)
+from pipeline.sources.splits import carve_splits
 
 _VOC_SPLIT_FILES = {"train": "train", "validation": "val", "test": "test"}
 

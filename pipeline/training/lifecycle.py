@@ -14,7 +14,6 @@ before its first backup removes what it wrote (``remove_training_outputs``), and
 """
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from dataclasses import asdict
@@ -24,7 +23,7 @@ from typing import Callable
 import keras
 
 from common.errors import UserError
-from common.run_folder import RunFolder, atomic_path, write_json
+from common.run_folder import RunFolder, atomic_path, read_json, write_json
 from common.run_lock import LOCK_FILE
 from pipeline.sources.schema import Source
 from pipeline.training.history import repair_history
@@ -138,10 +137,6 @@ def finish_run(run: RunFolder, model, metrics: dict) -> None:
     shutil.rmtree(run.resume_dir, ignore_errors=True)
 
 
-def read_metrics(run: RunFolder) -> dict:
-    return json.loads(run.metrics.read_text(encoding="utf-8"))
-
-
 def default_verbosity() -> int:
     """A live progress bar on a terminal, one line per epoch in logs and CI."""
     return 1 if sys.stdout.isatty() else 2
@@ -160,7 +155,7 @@ def run_lifecycle(run_dir: Path, config: dict, *, force: bool, train: Callable[[
     if state == "done":
         if not chief:
             return {}
-        metrics = read_metrics(run)
+        metrics = read_json(run.metrics)
         print(f"{run.root} is already trained ({describe_done(metrics)}); FORCE=1 retrains it.")
         return metrics
     try:

@@ -4,7 +4,8 @@ from PIL import Image
 
 from common.errors import ConfigError, DataError
 from pipeline.sources.specs import open_source
-from pipeline.sources.voc_source import seeded_split, voc_box_to_normalized
+from pipeline.sources.splits import seeded_split
+from pipeline.sources.voc_source import voc_box_to_normalized
 
 W, H = 20, 10  # every fixture image: 20 wide, 10 high
 
