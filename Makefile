@@ -10,7 +10,9 @@
 # Variables (all optional):
 #   TASK=classify|detect   DATA=shapes|tfds:NAME|folder:PATH|voc:PATH|coco:FILE.json
 #   RUN=run folder (default runs/$(TASK)-<data>)   EPOCHS=  SEED=  IMAGE=  MODEL=
-#   IMAGE_SIZE=  BATCH=  LR=  FILTERS=16,32,64  HIDDEN=128  FLIP=0  FORCE=1  SKIP_BAD=1
+#   IMAGE_SIZE=  BATCH=  LR=  FILTERS=16,32,64  HIDDEN=128  FLIP=0|1  FORCE=1  SKIP_BAD=1
+#   STEPS=  TIME_BUDGET=minutes  CLASS_WEIGHTS=auto|none  INIT=earlier run folder
+#   MODEL=cnn|mobilenetv2 (train; ALPHA=0.35 WEIGHTS=imagenet|none|PATH)  MODEL=file.tflite (eval, predict)
 #   VERBOSE=1 shows TensorFlow's start-up logs
 #   STRATEGY=auto|default|mirrored|multiworker  PRECISION=float32|mixed_float16|mixed_bfloat16|auto  WORKERS=N
 
@@ -34,7 +36,10 @@ TRAIN_ARGS = --task $(TASK) --data '$(DATA)' --run '$(RUN)' --seed $(SEED) \
 	$(call opt,--filters,$(FILTERS)) $(call opt,--hidden-units,$(HIDDEN)) \
 	$(call opt,--kernel-size,$(KERNEL)) $(call opt,--pool-size,$(POOL)) $(call opt,--pool-stride,$(POOL_STRIDE)) \
 	$(call opt,--dropout,$(DROPOUT)) $(call opt,--data-dir,$(DATA_DIR)) \
-	$(if $(filter 0 no false,$(FLIP)),--no-flip) $(call flag,--force,$(FORCE)) $(call flag,--skip-bad,$(SKIP_BAD)) \
+	$(if $(filter 0 no false,$(FLIP)),--flip 0) $(if $(filter 1 yes true,$(FLIP)),--flip 1) \
+	$(call opt,--steps,$(STEPS)) $(call opt,--time-budget,$(TIME_BUDGET)) $(if $(filter cnn mobilenetv2,$(MODEL)),--model $(MODEL)) \
+	$(call opt,--alpha,$(ALPHA)) $(call opt,--weights,$(WEIGHTS)) $(call opt,--init,$(INIT)) \
+	$(call opt,--class-weights,$(CLASS_WEIGHTS)) $(call flag,--force,$(FORCE)) $(call flag,--skip-bad,$(SKIP_BAD)) \
 	$(call opt,--strategy,$(STRATEGY)) $(call opt,--precision,$(PRECISION)) $(call opt,--workers,$(WORKERS))
 
 QUANT ?= int8
@@ -76,6 +81,7 @@ tune: $(STAMP)
 		$(call opt,--objective,$(OBJECTIVE)) $(call opt,--latency-weight,$(LATENCY_WEIGHT)) \
 		$(call opt,--space,$(SPACE)) $(foreach s,$(SPACE_SET),--space-set $(s)) \
 		$(call opt,--workers,$(WORKERS)) $(call opt,--image-size,$(IMAGE_SIZE)) $(call opt,--batch-size,$(BATCH)) \
+		$(if $(filter cnn mobilenetv2,$(MODEL)),--model $(MODEL)) $(call opt,--weights,$(WEIGHTS)) \
 		$(call opt,--data-dir,$(DATA_DIR)) $(call flag,--force,$(FORCE))
 
 export: $(STAMP)

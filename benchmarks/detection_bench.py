@@ -91,10 +91,10 @@ def measure_consumption(source, cfg, steps: int = 15) -> dict:
     import tensorflow as tf
 
     from pipeline.detection_dataset import detection_dataset
-    from pipeline.training.detector import build_detector
+    from pipeline.training.detector import build_detector, compile_detector
 
     x, y = next(iter(detection_dataset(source, "validation", cfg.ssd.anchors, cfg.pipeline(), training=False)))
-    model = build_detector(cfg, source.num_classes, steps_per_epoch=100)
+    model = compile_detector(build_detector(cfg, source.num_classes), cfg, total_steps=100)
     held = tf.data.Dataset.from_tensors((x, y)).repeat()
     t = time.perf_counter()
     model.fit(held, steps_per_epoch=2, epochs=1, verbose=0)  # traces the train step
@@ -144,13 +144,13 @@ def run_detection_benchmark(out_dir: Path, minutes: float = 30, *, data: str | N
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     source = open_source(data, "detect", data_dir=data_dir, seed=seed)
-    base = DetectTrainConfig(data=data, seed=seed)
+    base = DetectTrainConfig(data=data, seed=seed, auto_input=False, auto_anchors=False)  # the size's SSD
     base = replace(base, ssd=size.ssd or base.ssd, batch_size=size.batch_size or base.batch_size)
     pipeline = measure_pipeline(source, base, seconds=size.pipeline_seconds)
     consumption = measure_consumption(source, base, steps=size.consumption_steps)
     train_budget = minutes * 60 - (time.time() - begin) - RESERVE_S
     epochs = size.epochs or max(1, math.floor(train_budget * consumption["images_per_s"] / source.split_sizes["train"]))
-    cfg = replace(base, epochs=epochs, patience=max(epochs, base.patience))
+    cfg = replace(base, epochs=epochs, patience_steps=epochs * math.ceil(source.split_sizes["train"] / base.batch_size))
     print(f"pipeline {pipeline['images_per_s']:.0f} img/s, model {consumption['images_per_s']:.1f} img/s; "
           f"training {epochs} epochs in ~{train_budget / 60:.1f} min", flush=True)
 

@@ -99,10 +99,10 @@ def _untrained_detector(ssd: SSDConfig | None = None):
     few anchors pass (18 detections on a test image, for one trained 4 epochs); the bias gives
     the untrained model that cost. ``postprocess_cost`` measures the op against the count.
     """
-    from pipeline.training.detector import DetectTrainConfig, build_detector
+    from pipeline.training.detector import DetectTrainConfig, build_detector, compile_detector
 
     cfg = DetectTrainConfig() if ssd is None else DetectTrainConfig(ssd=ssd)
-    model = build_detector(cfg, num_classes=NUM_CLASSES, steps_per_epoch=10)
+    model = compile_detector(build_detector(cfg, num_classes=NUM_CLASSES), cfg, total_steps=10)
     for s in cfg.ssd.anchors.strides:
         layer = model.get_layer(f"class_s{s}_pred")  # channels: anchor-major, background first
         kernel, bias = layer.get_weights()

@@ -123,7 +123,7 @@ def run_pipeline_benchmark(data: str, out_dir: Path, *, data_dir: Path | None = 
     data_dir = resolve_data_dir(data_dir)
     source = open_source(data, "classify", data_dir=data_dir)
     defaults = TrainConfig()
-    cfg = PipelineConfig(image_size=size.image_size or defaults.image_size, batch_size=BATCH)
+    cfg = PipelineConfig(image_size=size.image_size or PipelineConfig().image_size, batch_size=BATCH)
     train = classification_dataset(source, "train", cfg, training=True, seed=0)
 
     print("1/3 input pipeline alone ...")

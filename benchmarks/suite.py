@@ -7,8 +7,8 @@ Every benchmark reads its data from one folder: ``data_dir`` (DATA_DIR= / --data
 the project's default (``pipeline.sources.specs.default_data_dir()``: $TFDS_DATA_DIR or
 ./data/tfds), never tfds' own ~/tensorflow_datasets. ``smoke=True`` runs each benchmark at a
 tiny size (a few dozen 32 px images, one epoch, two trials, a 64 px detector, a few latency
-runs): it checks that every benchmark works from a fresh clone in a few minutes, and its
-numbers measure nothing.
+runs; 200 digits and 40 photos for the quality benchmark): it checks that every benchmark works
+from a fresh clone in a few minutes, and its numbers measure nothing.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from benchmarks.data_paths import SMOKE_CLASSIFY_DATA, resolve_data_dir
 from common.errors import UserError
 from common.run_folder import write_text
 
-ORDER = ("pipeline", "export", "tuning", "detection", "detector-int8", "distribute")
+ORDER = ("pipeline", "export", "tuning", "detection", "detector-int8", "distribute", "quality")
 
 
 def _ensure_trained_run(run_dir: Path, data_dir: Path, smoke: bool) -> Path:
@@ -77,8 +77,14 @@ def _distribute(out: Path, data_dir: Path, smoke: bool):
     return run_distribute_benchmark(out, smoke=smoke)  # random images: no data read
 
 
+def _quality(out: Path, data_dir: Path, smoke: bool):
+    from benchmarks.quality_bench import run_quality_benchmark
+
+    return run_quality_benchmark(out, data_dir=data_dir, smoke=smoke)  # real images, written into data_dir
+
+
 RUNNERS = {"pipeline": _pipeline, "export": _export, "tuning": _tuning, "detection": _detection,
-           "detector-int8": _detector_int8, "distribute": _distribute}
+           "detector-int8": _detector_int8, "distribute": _distribute, "quality": _quality}
 
 
 def parse_names(text: str | None) -> list[str]:

@@ -39,12 +39,13 @@ def _umask() -> int:
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
 
-    The temporary name keeps the suffix, so writers that look at it (Keras,
-    matplotlib) still pick the right format. On error the temporary is removed.
+    The temporary name keeps the suffixes, so writers that look at it (Keras wants
+    ``.weights.h5``, matplotlib ``.png``) still pick the right format. On error the
+    temporary is removed.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{''.join(path.suffixes)}", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:

@@ -19,10 +19,9 @@ from export.convert import convert_keras
 from export.exporter import ExportConfig, Verification
 from export.metadata import ImageInput, with_classifier_metadata
 from export.verify import verify_classifier
-from models.cnn import build_cnn
 from pipeline.dataset import classification_dataset
 from pipeline.sources.specs import open_source
-from pipeline.training.classifier import TrainConfig
+from pipeline.training.classifier import TrainConfig, build_network
 
 
 @dataclass
@@ -44,8 +43,8 @@ class ExportData:
 
     def builder(self):
         """keras module -> this run's architecture (for the Keras 3 <-> tf_keras seam)."""
-        cfg, n, size = self.train_cfg.cnn, len(self.labels), self.image_size
-        return lambda keras_module: build_cnn(cfg, n, size, keras=keras_module)
+        cfg, n = self.train_cfg, len(self.labels)
+        return lambda keras_module: build_network(cfg, n, keras_module, pretrained=False)
 
     def train_batches(self):
         return classification_dataset(self.source, "train", self.train_cfg.pipeline(), training=True,

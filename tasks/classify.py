@@ -66,17 +66,27 @@ class ClassifierTask(Task):
             "filters": args.filters, "kernel_size": args.kernel_size, "pool_size": args.pool_size,
             "pool_stride": args.pool_stride, "hidden_units": args.hidden_units, "dropout": args.dropout,
         }.items() if v is not None}
+        mobilenet_changes = {k: v for k, v in {"alpha": args.alpha, "weights": args.weights}.items() if v is not None}
+        model = args.model or defaults.model
+        if cnn_changes and model != "cnn":
+            raise ConfigError(f"{', '.join(sorted(cnn_changes))}: the CNN's hyperparameters do not apply to MODEL={model}")
+        if mobilenet_changes and model != "mobilenetv2":
+            raise ConfigError(f"{', '.join(sorted(mobilenet_changes))}: ALPHA= and WEIGHTS= are MobileNetV2's "
+                              f"(MODEL=mobilenetv2)")
         try:
             cnn = replace(defaults.cnn, **cnn_changes)
+            mobilenet = defaults.mobilenet.replace(**mobilenet_changes)
         except ValueError as e:
             raise ConfigError(str(e)) from None
         changes = {k: v for k, v in {
-            "epochs": TrainConfig.epochs_for(args.data) if args.epochs is None else args.epochs,
+            "epochs": args.epochs, "steps": args.steps, "time_budget_min": args.time_budget,
             "batch_size": args.batch_size, "image_size": args.image_size, "learning_rate": args.lr,
+            "class_weights": args.class_weights, "init": str(args.init) if args.init else None,
         }.items() if v is not None}
-        augment = replace(defaults.augment, flip=not args.no_flip)
-        return replace(defaults, data=args.data, task=self.name, seed=args.seed, cnn=cnn, augment=augment,
-                       precision=distribute.resolve_precision(args.precision), **changes)
+        augment = defaults.augment if args.flip is None else replace(defaults.augment, flip=bool(args.flip))
+        return replace(defaults, data=args.data, task=self.name, seed=args.seed, model=model, cnn=cnn,
+                       mobilenet=mobilenet, augment=augment, precision=distribute.resolve_precision(args.precision),
+                       **changes)
 
     def train(self, cfg: TrainConfig, args: argparse.Namespace) -> dict:
         # First TensorFlow work of the process: MultiWorkerMirroredStrategy cannot start after any other.

@@ -19,7 +19,8 @@ from tasks.base import Task
 from tuning.tunables import DETECTOR_SEARCH
 
 # cli.py train flags that shape the classifier's CNN: refused for a detector, never silently dropped
-CNN_FLAGS = ("filters", "kernel_size", "pool_size", "pool_stride", "hidden_units", "dropout")
+CNN_FLAGS = ("filters", "kernel_size", "pool_size", "pool_stride", "hidden_units", "dropout", "model", "alpha",
+             "weights", "class_weights")
 
 
 class KerasDetector:
@@ -85,18 +86,20 @@ class DetectorTask(Task):
     def config_from_args(self, args: argparse.Namespace) -> DetectTrainConfig:
         refused = [f"--{k.replace('_', '-')}" for k in CNN_FLAGS if getattr(args, k, None) is not None]
         if refused:
-            raise ConfigError(f"{', '.join(refused)}: the CNN's hyperparameters (FILTERS, KERNEL, POOL, POOL_STRIDE, "
-                              f"HIDDEN, DROPOUT) do not apply to TASK=detect")
+            raise ConfigError(f"{', '.join(refused)}: the classifier's settings (FILTERS, KERNEL, POOL, POOL_STRIDE, "
+                              f"HIDDEN, DROPOUT, MODEL, ALPHA, WEIGHTS, CLASS_WEIGHTS) do not apply to TASK=detect")
         if args.workers > 1 or args.strategy not in ("auto", "default") or args.precision != "float32":
             raise ConfigError("TASK=detect trains on one worker in float32 for now (no STRATEGY=, PRECISION=, WORKERS=)")
         cfg = DetectTrainConfig(data=args.data, seed=args.seed)
-        changes = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size,
-                                     "learning_rate": args.lr}.items() if v is not None}
+        changes = {k: v for k, v in {"epochs": args.epochs, "steps": args.steps, "time_budget_min": args.time_budget,
+                                     "batch_size": args.batch_size, "learning_rate": args.lr,
+                                     "init": str(args.init) if args.init else None}.items() if v is not None}
         try:
             if args.image_size:
                 changes["ssd"] = cfg.ssd.replace(anchors=cfg.ssd.anchors.replace(input_size=args.image_size))
-            if args.no_flip:
-                changes["augment"] = replace(cfg.augment, flip=False)
+                changes["auto_input"] = False
+            if args.flip is not None:
+                changes["augment"] = replace(cfg.augment, flip=bool(args.flip))
             return replace(cfg, **changes)
         except ValueError as e:
             raise ConfigError(f"IMAGE_SIZE={args.image_size}: {e}") from None

@@ -89,7 +89,7 @@ def trained_detector(tmp_path_factory, overfit_source):
     from tests.detection_data import OVERFIT_DATA, TINY_SSD
 
     cfg = DetectTrainConfig(data=OVERFIT_DATA, ssd=TINY_SSD, augment=NO_AUGMENT, epochs=6, batch_size=8,
-                            learning_rate=1e-2, patience=6)
+                            learning_rate=1e-2, auto_input=False, auto_anchors=False)
     run = tmp_path_factory.mktemp("det-runs") / "overfit"
     metrics = train_detector(cfg, overfit_source, run, verbose=0)
     return run, metrics, cfg

@@ -17,6 +17,7 @@ from tuning.space import load_space
 from tuning.tunables import search_named
 
 _DEFAULTS = TuneConfig()
+MOBILENET_TUNE_SIZE = 96  # the smallest input MobileNetV2 has ImageNet weights for
 
 
 def add_tune_args(p: argparse.ArgumentParser) -> None:
@@ -34,8 +35,11 @@ def add_tune_args(p: argparse.ArgumentParser) -> None:
                         "(default: as `make train` on this data)")
     p.add_argument("--trial-train-examples", type=int, default=None,
                    help="train images per trial (0: all; default 3000 classify, 1000 detect); the retrain uses all")
-    p.add_argument("--image-size", type=int, default=_DEFAULTS.image_size,
-                   help="classifier input side (the detector's input size is searched)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="classifier input side (default 64; MobileNetV2 96 px); the detector's input size is searched")
+    p.add_argument("--model", choices=("cnn", "mobilenetv2"), default=None,
+                   help="the classifier searched: cnn (default) or mobilenetv2")
+    p.add_argument("--weights", default=None, help="MODEL=mobilenetv2: imagenet (default) | none | PATH")
     p.add_argument("--batch-size", type=int, default=None, help="default 64 classify, 32 detect")
     p.add_argument("--max-size-kb", type=float, default=None, help="int8 .tflite size limit")
     p.add_argument("--max-latency-ms", type=float, default=None, help="median int8 latency limit (1 thread)")
@@ -60,10 +64,15 @@ def config_from_args(args) -> TuneConfig:
         raise ConfigError(str(e)) from None
     if args.workers < 0:
         raise ConfigError(f"WORKERS={args.workers}: must be >= 0")
+    model = None if args.model in (None, "cnn") else args.model
+    if model is None and args.weights is not None:
+        raise ConfigError("WEIGHTS= is MobileNetV2's (MODEL=mobilenetv2)")
+    image_size = args.image_size or (MOBILENET_TUNE_SIZE if model else _DEFAULTS.image_size)
     return TuneConfig(data=args.data, task=args.task, tuner=args.tuner, trials=args.trials, epochs=args.epochs,
-                      seed=args.seed, image_size=args.image_size, batch_size=args.batch_size,
+                      seed=args.seed, image_size=image_size, model=model, weights=args.weights or _DEFAULTS.weights,
+                      batch_size=args.batch_size,
                       trial_train_examples=args.trial_train_examples, final_epochs=args.final_epochs,
-                      latency_runs=args.latency_runs, space=load_space(args.space, args.space_set, search_named(args.task).space_type),
+                      latency_runs=args.latency_runs, space=load_space(args.space, args.space_set, search_named(args.task, model).space_type),
                       objective=objective)
 
 

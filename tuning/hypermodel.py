@@ -1,6 +1,7 @@
 """The Keras Tuner HyperModels: build a model from hp, train it, then measure it as it would ship.
 
-    CNNHyperModel  the classifier: build_cnn(sample_cnn_config(hp))
+    CNNHyperModel        the classifier: build_cnn(sample_cnn_config(hp))
+    MobileNetHyperModel  the classifier with MODEL=mobilenetv2: build_mobilenet_classifier(sample_mobilenet_config(hp))
     SSDHyperModel  the detector: build_detector(sample_ssd_config(hp)), scored by COCO mAP
 
 ``fit`` follows Keras Tuner's contract (the tuner's callbacks arrive in
@@ -33,11 +34,12 @@ from export.convert import convert_keras
 from export.detector_convert import PostProcess, convert_detector
 from export.runtime import LATENCY_RUNS, measure_latency
 from models.cnn import build_cnn
+from models.mobilenet import MobileNetConfig, build_mobilenet_classifier
 from pipeline.detection_dataset import detection_dataset, detection_eval_dataset
 from pipeline.evaluation.coco_eval import evaluate_detector
-from pipeline.training.detector import build_detector, keras_detect_fn
+from pipeline.training.detector import build_detector, compile_detector, keras_detect_fn
 from tuning.objective import ObjectiveConfig, objective_value
-from tuning.space import SearchSpace, sample_cnn_config
+from tuning.space import MobileNetSearchSpace, SearchSpace, sample_cnn_config, sample_mobilenet_config
 
 # A trial's int8 calibration: fewer images than an export's (export.convert.CALIBRATION_IMAGES),
 # since a trial's int8 model is only measured (size, latency), never shipped.
@@ -67,17 +69,21 @@ class CNNHyperModel(keras_tuner.HyperModel):
     """build(hp) -> build_cnn(sample_cnn_config(hp)); fit() trains, converts and measures."""
 
     def __init__(self, space: SearchSpace, *, num_classes: int, input_size: int, objective: ObjectiveConfig,
-                 latency_runs: int = LATENCY_RUNS):
-        super().__init__(name="cnn")
+                 latency_runs: int = LATENCY_RUNS, name: str = "cnn"):
+        super().__init__(name=name)
         self.space = space
         self.num_classes = num_classes
         self.input_size = input_size
         self.objective = objective
         self.latency_runs = latency_runs
 
-    def build(self, hp):
+    def network(self, hp):
+        """(the uncompiled model of ``hp``, its learning rate)."""
         cfg, learning_rate = sample_cnn_config(hp, self.space)
-        model = build_cnn(cfg, self.num_classes, self.input_size)
+        return build_cnn(cfg, self.num_classes, self.input_size), learning_rate
+
+    def build(self, hp):
+        model, learning_rate = self.network(hp)
         model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
                       metrics=["accuracy"])
         return model
@@ -100,6 +106,19 @@ class CNNHyperModel(keras_tuner.HyperModel):
         }
 
 
+class MobileNetHyperModel(CNNHyperModel):
+    """build(hp) -> build_mobilenet_classifier(sample_mobilenet_config(hp)), trained end to end from the
+    search's WEIGHTS=; fit() as the CNN's."""
+
+    def __init__(self, space: MobileNetSearchSpace, base: MobileNetConfig, **kwargs):
+        super().__init__(space, name="mobilenetv2", **kwargs)
+        self.base = base
+
+    def network(self, hp):
+        cfg, learning_rate = sample_mobilenet_config(hp, self.space, self.base)
+        return build_mobilenet_classifier(cfg, self.num_classes, self.input_size), learning_rate
+
+
 class SSDHyperModel(keras_tuner.HyperModel):
     """build(hp) -> build_detector(the trial's DetectTrainConfig); fit() trains, scores mAP, converts, measures.
 
@@ -120,7 +139,7 @@ class SSDHyperModel(keras_tuner.HyperModel):
     def build(self, hp):
         cfg = self.trial_config(hp)
         steps = max(1, math.ceil(self.train_source.split_sizes["train"] / cfg.batch_size))
-        return build_detector(cfg, len(self.label_names), steps)
+        return compile_detector(build_detector(cfg, len(self.label_names)), cfg, steps * (cfg.epochs or 1))
 
     def fit(self, hp, model, *args, **kwargs):
         start = time.perf_counter()

@@ -47,10 +47,10 @@ from pipeline.sources.specs import open_source
 from tuning import distributed
 from tuning.report import write_report
 from tuning.space import SearchSpace, SSDSearchSpace
-from tuning.tunables import SEARCHES, TaskSearch, search_named
+from tuning.tunables import TASK_NAMES, TaskSearch, search_named
 
 TUNERS = ("bayesian", "random", "hyperband", "grid")
-TASKS = tuple(SEARCHES)
+TASKS = TASK_NAMES
 PROJECT = "project"
 RUNS_LOG = "runs.log"
 FINAL_MODEL_FILES = ("config.json", "labels.txt", "model.keras", "metrics.json", "report.md")
@@ -64,6 +64,8 @@ class TuneConfig:
     task: the task searched, as recorded ("classify": the CNN; "detect": the SSD detector); its
           ``search`` (tuning.tunables) gives the space, the quality and the per-task defaults.
     image_size: the classifier's input side; the detector's input size is in its space.
+    model: the classifier searched: None or "cnn" (the CNN), "mobilenetv2" (MobileNetV2, from ``weights``:
+           imagenet, none or a file, as `make train WEIGHTS=`).
     batch_size: None: 64 (classify) or 32 (detect), as `make train` uses.
     trial_train_examples: the train split is cut to this many images for trials (0: all of it;
         None: 3000 classify, 1000 detect); the final retrain always uses all of it.
@@ -81,6 +83,8 @@ class TuneConfig:
     epochs: int = 3
     seed: int = 0
     image_size: int = 64
+    model: str | None = None
+    weights: str = "imagenet"
     batch_size: int | None = None
     trial_train_examples: int | None = None
     final_epochs: int | None = None
@@ -89,7 +93,7 @@ class TuneConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
 
     def __post_init__(self):
-        search = search_named(self.task)
+        search = search_named(self.task, self.model)
         if self.tuner not in TUNERS:
             raise ConfigError(f"TUNER={self.tuner}: expected one of {', '.join(TUNERS)}")
         for name in ("batch_size", "trial_train_examples"):
@@ -112,12 +116,16 @@ class TuneConfig:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         d["space"] = self.space.to_dict()
         d["objective"] = self.objective.to_dict()
+        if d["model"] is None:
+            # Written only for a MobileNetV2 search, so the settings.json of a CNN or SSD search (every
+            # search made before MODEL= existed) is unchanged and such searches still resume.
+            del d["model"], d["weights"]
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "TuneConfig":
         d = dict(d)
-        d["space"] = search_named(d.setdefault("task", "classify")).space_type.from_dict(d["space"])
+        d["space"] = search_named(d.setdefault("task", "classify"), d.get("model")).space_type.from_dict(d["space"])
         d["objective"] = ObjectiveConfig.from_dict(d["objective"])
         return cls(**d)
 
@@ -130,7 +138,7 @@ class TuneConfig:
     @property
     def search(self) -> TaskSearch:
         """The searched task's side of the search (tuning.tunables)."""
-        return search_named(self.task)
+        return search_named(self.task, self.model)
 
     def train_config(self, hyperparameters: dict, *, epochs: int | None = None):
         """The `make train` config of a trial's hyperparameters (epochs None: the final retrain)."""

@@ -1,9 +1,10 @@
 """The search spaces: what `make tune` may vary, and the one place that asks Keras Tuner for values.
 
-Two spaces, one per task:
+Three spaces, one per model:
 
-    SearchSpace     the classifier (TASK=classify): a CNN of conv/ReLU/max-pool blocks and dense layers
-    SSDSearchSpace  the detector (TASK=detect): SSD on MobileNetV2, its heads and its anchors
+    SearchSpace           the classifier (TASK=classify): a CNN of conv/ReLU/max-pool blocks and dense layers
+    MobileNetSearchSpace  the classifier with MODEL=mobilenetv2: width, dropout, learning rate, fine-tuned blocks
+    SSDSearchSpace        the detector (TASK=detect): SSD on MobileNetV2, its heads and its anchors
 
 Each holds two kinds of entries:
 
@@ -29,6 +30,7 @@ import yaml
 
 from common.errors import ConfigError
 from models.cnn import CNNConfig, feature_map_sizes
+from models.mobilenet import ALPHAS as MOBILENET_ALPHAS, NUM_BLOCKS as MOBILENET_BLOCKS, MobileNetConfig
 from models.ssd import SSDConfig
 
 RANGES = ("conv_blocks", "dense_layers")
@@ -285,8 +287,42 @@ def parse_ratios(text: str) -> tuple[float, ...]:
     return tuple(float(v) for v in text.split(":"))
 
 
+class ChoiceSpace:
+    """What a space made only of choices (every field a tuple of allowed values, the first the default)
+    has in common: serialisation, its size, the hyperparameters Keras Tuner sees, the report's rows."""
+
+    def choice_problems(self) -> list[str]:
+        """Every entry needs at least one value, and no value twice."""
+        problems = []
+        for f in fields(self):
+            values = getattr(self, f.name)
+            if not values:
+                problems.append(f"{f.name} needs at least one value")
+            elif len(set(values)) != len(values):
+                problems.append(f"{f.name} lists a value twice: {list(values)}")
+        return problems
+
+    def to_dict(self) -> dict:
+        return {f.name: list(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        return replace(cls(), **_parse_entries(d, cls))
+
+    def num_configurations(self) -> int:
+        return math.prod(len(getattr(self, f.name)) for f in fields(self))
+
+    def hyperparameters(self) -> dict[str, tuple]:
+        """Every hyperparameter Keras Tuner sees, in declaration order, with its possible values."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        return [(f.name, "choice", ", ".join(v if isinstance(v, str) else f"{v:g}" for v in getattr(self, f.name)))
+                for f in fields(self)]
+
+
 @dataclass(frozen=True)
-class SSDSearchSpace:
+class SSDSearchSpace(ChoiceSpace):
     """alpha:         MobileNetV2 width multiplier.
     input_size:    side of the model input, pixels (a multiple of 32); the feature levels stay
                    at strides 8, 16 and 32, so the anchor grids grow with it.
@@ -320,13 +356,7 @@ class SSDSearchSpace:
             object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
         object.__setattr__(self, "head", tuple(str(v) for v in self.head))
         object.__setattr__(self, "aspect_ratios", tuple(ratios_text(v) for v in self.aspect_ratios))
-        problems = []
-        for f in fields(self):
-            values = getattr(self, f.name)
-            if not values:
-                problems.append(f"{f.name} needs at least one value")
-            elif len(set(values)) != len(values):
-                problems.append(f"{f.name} lists a value twice: {list(values)}")
+        problems = self.choice_problems()
         if any(v < 32 or v % 32 for v in self.input_size):
             problems.append(f"input_size values must be multiples of 32 (MobileNetV2), got {list(self.input_size)}")
         if any(v not in ("ssdlite", "conv") for v in self.head):
@@ -340,24 +370,6 @@ class SSDSearchSpace:
                             f"{list(self.max_scale)}")
         if problems:
             raise ConfigError("search space: " + "; ".join(problems))
-
-    def to_dict(self) -> dict:
-        return {f.name: list(getattr(self, f.name)) for f in fields(self)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "SSDSearchSpace":
-        return replace(cls(), **_parse_entries(d, cls))
-
-    def num_configurations(self) -> int:
-        return math.prod(len(getattr(self, f.name)) for f in fields(self))
-
-    def hyperparameters(self) -> dict[str, tuple]:
-        """Every hyperparameter Keras Tuner sees, in declaration order, with its possible values."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    def describe(self) -> list[tuple[str, str, str]]:
-        return [(f.name, "choice", ", ".join(v if isinstance(v, str) else f"{v:g}" for v in getattr(self, f.name)))
-                for f in fields(self)]
 
 
 def sample_ssd_config(hp, space: SSDSearchSpace, base: SSDConfig) -> tuple[SSDConfig, float]:
@@ -381,3 +393,51 @@ def sample_ssd_config(hp, space: SSDSearchSpace, base: SSDConfig) -> tuple[SSDCo
                   head_filters=int(head_filters))
     return cfg, float(learning_rate)
 
+
+# --- the MobileNetV2 classifier -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MobileNetSearchSpace(ChoiceSpace):
+    """alpha:            MobileNetV2 width multiplier.
+    dropout:          rate before the classifier.
+    learning_rate:    Adam's peak learning rate (the head's; fine-tuning runs at a tenth of it).
+    fine_tune_blocks: top blocks unfrozen after the head has trained (the retrain's second phase).
+
+    Trials train the whole network from WEIGHTS= for the search's epochs; the retrain of the best
+    runs `make train MODEL=mobilenetv2`'s two phases. The first value of each entry is the default.
+    """
+
+    alpha: tuple[float, ...] = (0.35, 0.5, 0.75, 1.0)
+    dropout: tuple[float, ...] = (0.2, 0.0, 0.4)
+    learning_rate: tuple[float, ...] = (2e-3, 5e-4, 5e-3)
+    fine_tune_blocks: tuple[int, ...] = (4, 2, 8)
+
+    def __post_init__(self):
+        for name in ("alpha", "dropout", "learning_rate"):
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+        object.__setattr__(self, "fine_tune_blocks", tuple(int(v) for v in self.fine_tune_blocks))
+        problems = self.choice_problems()
+        if any(v not in MOBILENET_ALPHAS for v in self.alpha):
+            problems.append(f"alpha values must be among {list(MOBILENET_ALPHAS)}, got {list(self.alpha)}")
+        if any(not 0.0 <= v < 1.0 for v in self.dropout):
+            problems.append(f"dropout values must be in [0, 1), got {list(self.dropout)}")
+        if any(v <= 0 for v in self.learning_rate):
+            problems.append(f"learning_rate values must be positive, got {list(self.learning_rate)}")
+        if any(not 0 <= v <= MOBILENET_BLOCKS for v in self.fine_tune_blocks):
+            problems.append(f"fine_tune_blocks values must be in 0..{MOBILENET_BLOCKS}, got {list(self.fine_tune_blocks)}")
+        if problems:
+            raise ConfigError("search space: " + "; ".join(problems))
+
+
+def sample_mobilenet_config(hp, space: MobileNetSearchSpace, base: MobileNetConfig) -> tuple[MobileNetConfig, float]:
+    """Ask ``hp`` for one point of ``space``; the weights come from ``base``.
+
+    Returns:
+        (the MobileNetV2 classifier's config, the learning rate).
+    """
+    alpha = _choice(hp, "alpha", space.alpha)
+    dropout = _choice(hp, "dropout", space.dropout)
+    learning_rate = _choice(hp, "learning_rate", space.learning_rate)
+    blocks = _choice(hp, "fine_tune_blocks", space.fine_tune_blocks)
+    cfg = base.replace(alpha=float(alpha), dropout=float(dropout), fine_tune_blocks=int(blocks))
+    return cfg, float(learning_rate)

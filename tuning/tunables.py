@@ -2,10 +2,10 @@
 datasets and hypermodel, how a trial's hyperparameters become the `make train` config, and how
 the best is retrained.
 
-``tasks.ClassifierTask.search`` is ``CLASSIFIER_SEARCH`` and ``tasks.DetectorTask.search`` is
-``DETECTOR_SEARCH``; the rest of ``tuning`` calls these methods and never compares task names.
-``SEARCHES`` maps the name recorded in settings.json back to the object (a resumed search, a
-worker process).
+``tasks.ClassifierTask.search`` is ``CLASSIFIER_SEARCH`` (``MOBILENET_SEARCH`` with MODEL=mobilenetv2)
+and ``tasks.DetectorTask.search`` is ``DETECTOR_SEARCH``; the rest of ``tuning`` calls these methods
+and never compares task names. ``search_named(task, model)`` maps what settings.json records back to
+the object (a resumed search, a worker process).
 """
 from __future__ import annotations
 
@@ -13,14 +13,16 @@ from abc import ABC, abstractmethod
 import keras_tuner
 
 from common.errors import ConfigError, UserError
+from models.mobilenet import MobileNetConfig, valid_input_size
 from models.presets import default_ssd
 from pipeline.dataset import classification_dataset
 from pipeline.sources.schema import Source
 from pipeline.training.classifier import TrainConfig, train_classifier
 from pipeline.training.detector import DetectTrainConfig, train_detector
-from tuning.hypermodel import CNNHyperModel, SSDHyperModel
+from tuning.hypermodel import CNNHyperModel, MobileNetHyperModel, SSDHyperModel
 from tuning.objective import ACCURACY, MAP, Quality
-from tuning.space import SearchSpace, SSDSearchSpace, sample_cnn_config, sample_ssd_config
+from tuning.space import (MobileNetSearchSpace, SearchSpace, SSDSearchSpace, sample_cnn_config, sample_mobilenet_config,
+                          sample_ssd_config)
 
 # ``cfg`` below is a tuning.search.TuneConfig; annotations only (search imports this module, and
 # ``from __future__ import annotations`` keeps them unevaluated).
@@ -36,6 +38,8 @@ class TaskSearch(ABC):
     """One task's side of `make tune`."""
 
     name: str                  # the task, as recorded in settings.json
+    model: str                 # the model searched: "cnn", "mobilenetv2", "ssd"
+    key: str                   # name[-model]: what SEARCHES is keyed by
     quality: Quality           # what ranks trials
     space_type: type           # SearchSpace or SSDSearchSpace
     batch_size: int            # as `make train` uses
@@ -46,7 +50,7 @@ class TaskSearch(ABC):
     @abstractmethod
     def train_config(self, cfg: TuneConfig, hyperparameters: dict, *, epochs: int | None = None):
         """The `make train` config of a trial's hyperparameters. epochs None: the retrain on the
-        full data (final_epochs, or `make train`'s default for this data)."""
+        full data (final_epochs, or `make train`'s step budget for this data)."""
 
     @abstractmethod
     def check(self, cfg: TuneConfig, source: Source) -> None:
@@ -71,6 +75,8 @@ class TaskSearch(ABC):
 
 class ClassifierSearch(TaskSearch):
     name = "classify"
+    key = "classify"
+    model = "cnn"
     quality = ACCURACY
     space_type = SearchSpace
     batch_size = 64
@@ -81,7 +87,7 @@ class ClassifierSearch(TaskSearch):
     def train_config(self, cfg: TuneConfig, hyperparameters: dict, *, epochs: int | None = None) -> TrainConfig:
         cnn, learning_rate = sample_cnn_config(_hyperparameters(hyperparameters), cfg.space)
         return TrainConfig(data=cfg.data, image_size=cfg.image_size, batch_size=cfg.batch_size,
-                           epochs=epochs or cfg.final_epochs or TrainConfig.epochs_for(cfg.data),
+                           epochs=epochs or cfg.final_epochs,
                            learning_rate=learning_rate, seed=cfg.seed, cnn=cnn)
 
     def check(self, cfg: TuneConfig, source: Source) -> None:
@@ -91,9 +97,12 @@ class ClassifierSearch(TaskSearch):
         pipe = TrainConfig(data=cfg.data, image_size=cfg.image_size, batch_size=cfg.batch_size).pipeline()
         train = classification_dataset(trials_source, "train", pipe, training=True, seed=cfg.seed)
         val = classification_dataset(source, "validation", pipe, training=False)
-        hypermodel = CNNHyperModel(cfg.space, num_classes=source.num_classes, input_size=cfg.image_size,
-                                   objective=cfg.objective, latency_runs=cfg.latency_runs)
-        tuner_factory(hypermodel).search(train, validation_data=val, epochs=cfg.epochs, verbose=verbose)
+        tuner_factory(self.hypermodel(cfg, source.num_classes)).search(train, validation_data=val, epochs=cfg.epochs,
+                                                                       verbose=verbose)
+
+    def hypermodel(self, cfg: TuneConfig, num_classes: int):
+        return CNNHyperModel(cfg.space, num_classes=num_classes, input_size=cfg.image_size,
+                             objective=cfg.objective, latency_runs=cfg.latency_runs)
 
     def retrain(self, train_cfg: TrainConfig, source: Source, run_dir, verbose: int) -> dict:
         return train_classifier(train_cfg, source, run_dir, verbose=verbose)
@@ -105,8 +114,42 @@ class ClassifierSearch(TaskSearch):
         return {"test_accuracy": final["test"]["accuracy"], "validation_accuracy": final["validation_accuracy"]}
 
 
+class MobileNetSearch(ClassifierSearch):
+    """The classifier with MODEL=mobilenetv2: width, dropout, learning rate and fine-tuned blocks;
+    trials train end to end from the search's WEIGHTS=, the best is retrained in two phases."""
+
+    key = "classify-mobilenetv2"
+    model = "mobilenetv2"
+    space_type = MobileNetSearchSpace
+    batch_size = 32
+    trial_train_examples = 2000
+    per_trial = "; MobileNetV2 trained end to end from WEIGHTS="
+
+    def train_config(self, cfg: TuneConfig, hyperparameters: dict, *, epochs: int | None = None) -> TrainConfig:
+        mobilenet, learning_rate = sample_mobilenet_config(_hyperparameters(hyperparameters), cfg.space,
+                                                           MobileNetConfig(weights=cfg.weights))
+        return TrainConfig(data=cfg.data, model="mobilenetv2", image_size=cfg.image_size, batch_size=cfg.batch_size,
+                           epochs=epochs or cfg.final_epochs, learning_rate=learning_rate, seed=cfg.seed,
+                           mobilenet=mobilenet)
+
+    def check(self, cfg: TuneConfig, source: Source) -> None:
+        if not valid_input_size(cfg.image_size, cfg.weights):
+            raise ConfigError(f"IMAGE_SIZE={cfg.image_size}: MobileNetV2 with WEIGHTS={cfg.weights} needs "
+                              + ("one of 96, 128, 160, 192, 224" if cfg.weights == "imagenet"
+                                 else "a multiple of 32"))
+
+    def hypermodel(self, cfg: TuneConfig, num_classes: int):
+        return MobileNetHyperModel(cfg.space, MobileNetConfig(weights=cfg.weights), num_classes=num_classes,
+                                   input_size=cfg.image_size, objective=cfg.objective, latency_runs=cfg.latency_runs)
+
+    def model_summary(self, train_cfg: TrainConfig) -> dict:
+        return {"mobilenet": train_cfg.mobilenet.to_dict()}
+
+
 class DetectorSearch(TaskSearch):
     name = "detect"
+    key = "detect"
+    model = "ssd"
     quality = MAP
     space_type = SSDSearchSpace
     batch_size = 32
@@ -117,8 +160,10 @@ class DetectorSearch(TaskSearch):
     def train_config(self, cfg: TuneConfig, hyperparameters: dict, *,
                      epochs: int | None = None) -> DetectTrainConfig:
         ssd, learning_rate = sample_ssd_config(_hyperparameters(hyperparameters), cfg.space, default_ssd())
+        # The search chose the input size and anchors: the recipe's choices are not applied on top.
         return DetectTrainConfig(data=cfg.data, ssd=ssd, learning_rate=learning_rate, batch_size=cfg.batch_size,
-                                 seed=cfg.seed, epochs=epochs or cfg.final_epochs or DetectTrainConfig.epochs)
+                                 seed=cfg.seed, epochs=epochs or cfg.final_epochs, auto_input=False,
+                                 auto_anchors=False)
 
     def check(self, cfg: TuneConfig, source: Source) -> None:
         if not source.split_sizes.get("validation"):
@@ -148,13 +193,18 @@ class DetectorSearch(TaskSearch):
 
 
 CLASSIFIER_SEARCH = ClassifierSearch()
+MOBILENET_SEARCH = MobileNetSearch()
 DETECTOR_SEARCH = DetectorSearch()
-SEARCHES: dict[str, TaskSearch] = {s.name: s for s in (CLASSIFIER_SEARCH, DETECTOR_SEARCH)}
+SEARCHES: dict[str, TaskSearch] = {s.key: s for s in (CLASSIFIER_SEARCH, MOBILENET_SEARCH, DETECTOR_SEARCH)}
+TASK_NAMES = tuple(dict.fromkeys(s.name for s in SEARCHES.values()))
 
 
-def search_named(name: str) -> TaskSearch:
-    try:
-        return SEARCHES[name]
-    except KeyError:
-        raise ConfigError(f"TASK={name}: expected one of {', '.join(SEARCHES)}") from None
+def search_named(name: str, model: str | None = None) -> TaskSearch:
+    """The search of TASK=``name`` for MODEL=``model`` (None: the task's own model, the CNN or the SSD)."""
+    key = name if model is None else next((s.key for s in SEARCHES.values() if (s.name, s.model) == (name, model)),
+                                          None)
+    if key in SEARCHES:
+        return SEARCHES[key]
+    known = ", ".join(f"{s.name} ({s.model})" for s in SEARCHES.values())
+    raise ConfigError(f"TASK={name}" + (f" MODEL={model}" if model else "") + f": expected one of {known}")
 

@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 from matplotlib import patches  # noqa: E402
 
 from common.run_folder import atomic_path, write_text  # noqa: E402
+from pipeline.sources.splits import MIN_HELD_OUT, small_held_out  # noqa: E402
 
 DISPLAY_THRESHOLD = 0.4  # score below which a detection is not shown or listed
 
@@ -64,6 +65,60 @@ def table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def recipe_section(metrics: dict) -> list[str]:
+    """The report's account of how the run was set up: its step budget, what was chosen from the data
+    and why, what INIT= loaded, and a warning when the validation split is too small to decide much."""
+    budget = metrics.get("budget")
+    if not budget:
+        return []
+    parts = ["## How this run was set up", "",
+             f"- Budget: {budget['steps']} steps ({budget['epochs']} epochs of {budget['steps_per_epoch']}), "
+             f"{budget['reason']}"
+             + (f"; estimated {budget['steps'] * budget['est_step_seconds'] / 60:.1f} min"
+                if budget.get("est_step_seconds") else "")
+             + f". Ran {metrics['steps']} steps in {metrics['train_seconds'] / 60:.1f} min"
+             + (" (stopped early)." if metrics["steps"] < budget["steps"] else ".")]
+    validation = metrics["split_sizes"].get("validation", 0)
+    if small_held_out(validation):
+        parts.append(f"- **Small validation split: {validation} images** (fewer than {MIN_HELD_OUT}). Early stopping "
+                     f"and the best-epoch choice rest on few images; add data or a validation folder.")
+    init = metrics.get("init")
+    if init:
+        parts.append(f"- INIT={init['from']}: loaded {len(init['loaded'])} layers; "
+                     f"{len(init['not_loaded'])} kept their initial weights"
+                     + (": " + ", ".join(f"{x['layer']} ({x['why']})" for x in init["not_loaded"][:12])
+                        if init["not_loaded"] else "") + ".")
+    parts.append("")
+    if metrics.get("recipe"):
+        parts += ["Chosen from the data (explicit variables win):", "",
+                  table(["setting", "value", "why"], [[c["setting"], c["value"], c["why"]] for c in metrics["recipe"]]),
+                  ""]
+    return parts
+
+
+def skipped_section(skipped) -> list[str]:
+    if not skipped:
+        return []
+    parts = [f"## Skipped samples ({len(skipped)})", "", "These files were skipped because SKIP_BAD was set:", ""]
+    parts += [f"- `{s.path}`: {s.problem}" for s in skipped[:200]]
+    if len(skipped) > 200:
+        parts.append(f"- … and {len(skipped) - 200} more")
+    parts.append("")
+    return parts
+
+
+def _classifier_model_line(config: dict, parameters: int) -> str:
+    size = config["image_size"]
+    if config.get("model") == "mobilenetv2":
+        m = config["mobilenet"]
+        return (f"MobileNetV2 alpha {m['alpha']} (start: weights {m['weights']}), head trained first, then the top "
+                f"{m['fine_tune_blocks']} blocks; {parameters:,} parameters; input {size}x{size} RGB, 0..255.")
+    c = config["cnn"]
+    return (f"CNN: {c['filters']} filters (kernel {c['kernel_size']}, max-pool {c['pool_size']}/stride "
+            f"{c['pool_stride']}), dense {c['hidden_units']}, dropout {c['dropout']}; {parameters:,} parameters; "
+            f"input {size}x{size} RGB, 0..255.")
+
+
 def write_training_report(path: Path, *, config: dict, metrics: dict, label_names, skipped=()) -> None:
     test = metrics["test"]
     per_class = [[name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", m["support"]]
@@ -82,11 +137,9 @@ def write_training_report(path: Path, *, config: dict, metrics: dict, label_name
         "## Data",
         table(["split", "images"], [[k, v] for k, v in metrics["split_sizes"].items()]),
         "",
+        *recipe_section(metrics),
         "## Model",
-        f"CNN: {config['cnn']['filters']} filters (kernel {config['cnn']['kernel_size']}, "
-        f"max-pool {config['cnn']['pool_size']}/stride {config['cnn']['pool_stride']}), "
-        f"dense {config['cnn']['hidden_units']}, dropout {config['cnn']['dropout']}; "
-        f"{metrics['parameters']:,} parameters; input {config['image_size']}x{config['image_size']} RGB, 0..255.",
+        _classifier_model_line(config, metrics["parameters"]),
         "",
         "## Training curves",
         "![training curves](plots/training_curves.png)",
@@ -101,12 +154,7 @@ def write_training_report(path: Path, *, config: dict, metrics: dict, label_name
         parts += ["Most frequent confusions (true → predicted):", ""]
         parts += [f"- {t} → {p}: {n}" for n, t, p in confusions]
         parts.append("")
-    if skipped:
-        parts += [f"## Skipped samples ({len(skipped)})", "", "These files were skipped because SKIP_BAD was set:", ""]
-        parts += [f"- `{s.path}`: {s.problem}" for s in skipped[:200]]
-        if len(skipped) > 200:
-            parts.append(f"- … and {len(skipped) - 200} more")
-        parts.append("")
+    parts += skipped_section(skipped)
     write_text(path, "\n".join(parts))
 
 
@@ -186,6 +234,7 @@ def write_detection_report(path: Path, *, config: dict, metrics: dict, examples:
         "## Data",
         table(["split", "images"], [[k, v] for k, v in metrics["split_sizes"].items()]),
         "",
+        *recipe_section(metrics),
         "## Model",
         f"SSD ({ssd['head']} heads) on MobileNetV2 alpha {ssd['alpha']}, input {a['input_size']}x{a['input_size']} "
         f"RGB 0..255; feature strides {a['strides']}, anchor scales {a['min_scale']}..{a['max_scale']}, "
@@ -202,8 +251,5 @@ def write_detection_report(path: Path, *, config: dict, metrics: dict, examples:
         *[f"![example]({name})" for name in examples],
         "",
     ]
-    if skipped:
-        parts += [f"## Skipped samples ({len(skipped)})", ""]
-        parts += [f"- `{s.path}`: {s.problem}" for s in skipped[:200]]
-        parts.append("")
+    parts += skipped_section(skipped)
     write_text(path, "\n".join(parts))

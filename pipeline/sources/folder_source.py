@@ -15,6 +15,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 
 from common.errors import DataError
@@ -127,4 +128,5 @@ def open_folder(spec: str, path: str, *, seed: int = 0, skip_bad: bool = False) 
         split_sizes={k: len(v[0]) for k, v in data.items()},
         load_split=lambda split: _dataset(*data[split]),
         skipped=tuple(skipped),
+        train_label_counts=tuple(int(c) for c in np.bincount(data["train"][1], minlength=len(label_names))),
     )

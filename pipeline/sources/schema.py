@@ -44,6 +44,8 @@ class Source:
     split_sizes: examples per split ("train", "validation", "test").
     load_split:  split name -> tf.data.Dataset of schema examples (decoding in parallel).
     skipped:     bad samples that were skipped (only with skip_bad), for the report.
+    train_label_counts: images per class in the train split, when the source knows them without
+                 decoding (folder:); () otherwise (the training recipe then counts a sample).
     """
 
     name: str
@@ -52,6 +54,7 @@ class Source:
     split_sizes: dict
     load_split: Callable[[str], tf.data.Dataset] = field(repr=False)
     skipped: tuple[Skipped, ...] = ()
+    train_label_counts: tuple[int, ...] = ()
 
     @property
     def num_classes(self) -> int:

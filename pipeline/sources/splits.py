@@ -15,7 +15,24 @@ from collections.abc import Sequence
 import numpy as np
 
 HOLDOUT = 0.1  # fraction carved for validation, and for test, when a source does not provide them
+MIN_HELD_OUT = 200  # ...but at least this many images each, so a split can tell models apart
+MAX_HOLDOUT = 0.15  # ...and never more than this fraction each, so training keeps most of a small dataset
 HELD_OUT = ("validation", "test")  # the splits that may be carved, in the order they are cut
+
+
+def small_held_out(images: int) -> bool:
+    """A held-out split too small to decide much: under MIN_HELD_OUT, with a margin for the per-class
+    rounding of a stratified cut (a split asked for 200 images may get 199)."""
+    return images < 0.9 * MIN_HELD_OUT
+
+
+def held_out_fraction(total: int) -> float:
+    """The fraction carved for each held-out split of ``total`` items: HOLDOUT, raised so the split
+    holds MIN_HELD_OUT items, but never above MAX_HOLDOUT (a small dataset keeps its training data;
+    the report then says the validation split is small)."""
+    if total <= 0:
+        return HOLDOUT
+    return min(max(HOLDOUT, MIN_HELD_OUT / total), MAX_HOLDOUT)
 
 
 def _cut(order: np.ndarray, fractions: Sequence[float]) -> list[list[int]]:
@@ -51,8 +68,8 @@ def seeded_split(items: list, fractions: tuple[float, ...], seed: int, strata: S
 def carve_splits(items: list, given: dict[str, list], seed: int,
                  strata: Sequence[int] | None = None) -> dict[str, list]:
     """train, validation and test: each split in ``given`` (validation and/or test) as it is, each
-    missing one carved from ``items`` (``HOLDOUT`` of them, validation before test); train is the rest."""
+    missing one carved from ``items`` (``held_out_fraction`` of them, validation before test); train is the rest."""
     missing = [s for s in HELD_OUT if s not in given]
-    rest, *carved = seeded_split(items, (HOLDOUT,) * len(missing), seed, strata)
+    rest, *carved = seeded_split(items, (held_out_fraction(len(items)),) * len(missing), seed, strata)
     splits = {"train": rest, **given, **dict(zip(missing, carved))}
     return {s: splits[s] for s in ("train", *HELD_OUT)}

@@ -8,9 +8,8 @@ metrics.json holds COCO box metrics of the test split instead of accuracy.
 """
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import keras
@@ -20,6 +19,7 @@ from PIL import Image
 
 from common.errors import ConfigError
 from common.run_folder import RunFolder, atomic_path
+from models.anchor_fit import anchor_recall, fit_anchors
 from models.anchors import generate_anchors
 from models.losses import LossConfig, SSDLoss
 from models.matching import DEFAULT_IOU_THRESHOLD
@@ -32,9 +32,16 @@ from pipeline.evaluation.coco_eval import evaluate_detector
 from pipeline.evaluation.report import plot_detection_examples, plot_loss_curves, write_detection_report
 from pipeline.sources.schema import Source
 from pipeline.training.history import read_history
-from pipeline.training.lifecycle import (default_verbosity, finish_run, run_lifecycle, run_metrics, start_run,
-                                         training_callbacks)
+from pipeline.training.budget import (DETECTOR_RULE, WarmupCosine, budget_clock, estimate_step_seconds, plan_budget,
+                                      warmup_cosine)
+from pipeline.training.lifecycle import (default_verbosity, finish_run, read_budget, run_lifecycle, run_metrics,
+                                         start_run, training_callbacks, write_budget)
+from pipeline.training.recipe import DataProfile, describe_choices, detector_input_size, profile_source
+from pipeline.training.stopping import DEFAULT_PATIENCE_STEPS, BudgetEarlyStopping
+from pipeline.training.warm_start import load_matching_weights
 
+LEGACY_KEYS = ("patience",)  # config.json keys of earlier releases that no longer mean anything
+LOW_ANCHOR_RECALL = 0.9  # below this share of boxes with an anchor at the matching IoU, the run warns
 EXAMPLE_IMAGES = 6  # test images drawn with predicted and true boxes in the report
 OPTIMIZERS = ("adam", "sgd")  # sgd: momentum 0.9
 
@@ -49,6 +56,16 @@ class DetectTrainConfig:
     iou_threshold:   anchor matching IoU for the targets.
     score_threshold, nms_iou, max_detections: post-processing for evaluation and predict
                      (a low score threshold: mAP needs the whole precision/recall curve).
+    epochs / steps:  an explicit budget (at most one); None: the step budget (pipeline.training.budget).
+    time_budget_min: the time cap of the step budget (None: the rule's, 30 min).
+    patience_steps:  early stopping's patience, in optimizer steps.
+    auto_input:      choose the input size from the object sizes (pipeline.training.recipe);
+                     False when IMAGE_SIZE= is given (or a search chose it).
+    auto_anchors:    fit the anchor scales and aspect ratios to the training boxes (models.anchor_fit),
+                     kept only when they cover more boxes than ``ssd.anchors``.
+    init:            an earlier run folder to start from (pipeline.training.warm_start).
+
+    config.json holds the resolved config (``resolve_config``), so a resumed run compares like with like.
     """
 
     data: str = "shapes"
@@ -56,12 +73,17 @@ class DetectTrainConfig:
     ssd: SSDConfig = field(default_factory=default_ssd)
     loss: LossConfig = field(default_factory=lambda: LossConfig(min_negatives=8))
     augment: DetectionAugmentConfig = field(default_factory=DetectionAugmentConfig)
-    epochs: int = 10  # ~20 min on 2 CPU cores for the built-in data; real datasets want EPOCHS= more
+    epochs: int | None = None
+    steps: int | None = None
+    time_budget_min: float | None = None
     batch_size: int = 32
     learning_rate: float = 3e-3
     optimizer: str = "adam"
-    patience: int = 10
+    patience_steps: int = DEFAULT_PATIENCE_STEPS
     seed: int = 0
+    auto_input: bool = True
+    auto_anchors: bool = True
+    init: str | None = None
     iou_threshold: float = DEFAULT_IOU_THRESHOLD
     score_threshold: float = SCORE_THRESHOLD
     nms_iou: float = NMS_IOU
@@ -70,8 +92,14 @@ class DetectTrainConfig:
     def __post_init__(self):
         if self.task != "detect":
             raise ConfigError(f"TASK={self.task}: DetectTrainConfig is for TASK=detect")
-        if self.epochs < 1:
+        if self.epochs is not None and self.steps is not None:
+            raise ConfigError("EPOCHS= and STEPS= both given; choose one")
+        if self.epochs is not None and self.epochs < 1:
             raise ConfigError(f"EPOCHS={self.epochs}: must be at least 1")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"STEPS={self.steps}: must be at least 1")
+        if self.time_budget_min is not None and not self.time_budget_min > 0:
+            raise ConfigError(f"TIME_BUDGET={self.time_budget_min}: must be a positive number of minutes")
         if self.batch_size < 1:
             raise ConfigError(f"BATCH={self.batch_size}: must be at least 1")
         if not self.learning_rate > 0:
@@ -94,7 +122,7 @@ class DetectTrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DetectTrainConfig":
-        d = dict(d)
+        d = {k: v for k, v in d.items() if k not in LEGACY_KEYS}
         d["ssd"] = SSDConfig.from_dict(d.get("ssd", default_ssd().to_dict()))
         d["loss"] = LossConfig(**d.get("loss", {}))
         d["augment"] = DetectionAugmentConfig(**d.get("augment", {}))
@@ -124,20 +152,40 @@ def keras_detect_fn(model, cfg: DetectTrainConfig, score_threshold: float | None
     return detect
 
 
-def _lr_schedule(cfg: DetectTrainConfig, steps_per_epoch: int):
-    """One warm-up epoch, then cosine decay to 1 % over the run."""
-    total = max(cfg.epochs * steps_per_epoch, 2)
-    warmup = min(steps_per_epoch, total // 2)
-    return keras.optimizers.schedules.CosineDecay(
-        cfg.learning_rate * 0.1, decay_steps=total - warmup, alpha=0.01,
-        warmup_target=cfg.learning_rate, warmup_steps=warmup)
+def resolve_config(cfg: DetectTrainConfig, profile: DataProfile) -> tuple[DetectTrainConfig, list[dict]]:
+    """``cfg`` with the input size and anchors chosen from the boxes (where ``auto_*`` asks for it);
+    and the choices, each {"setting", "value", "why"}, the anchor recall included."""
+    choices = []
+    anchors = cfg.ssd.anchors
+    if cfg.auto_input:
+        side, why = detector_input_size(profile)
+        anchors = anchors.replace(input_size=side)
+        choices.append({"setting": "IMAGE_SIZE", "value": side, "why": why})
+    if cfg.auto_anchors and len(profile.boxes):
+        fit = fit_anchors(profile.boxes, anchors, cfg.iou_threshold, seed=cfg.seed)
+        anchors = fit.config
+        choices.append({"setting": "anchors", "value": f"scales {anchors.min_scale:g}..{anchors.max_scale:g}, "
+                                                       f"aspect ratios {list(anchors.aspect_ratios)}",
+                        "why": f"{fit.chosen}: anchor recall {fit.recall:.1%} at IoU {cfg.iou_threshold:g} "
+                               f"(the preset's {fit.base_recall:.1%})"})
+    if len(profile.boxes):
+        recall = anchor_recall(profile.boxes, anchors, cfg.iou_threshold)
+        choices.append({"setting": "anchor recall", "value": round(recall, 4),
+                        "why": f"share of the sampled boxes with an anchor at IoU >= {cfg.iou_threshold:g}"
+                               + (" - LOW: small or oddly shaped objects will be missed; try a larger IMAGE_SIZE="
+                                  if recall < LOW_ANCHOR_RECALL else "")})
+    return replace(cfg, ssd=cfg.ssd.replace(anchors=anchors)), choices
 
 
-def build_detector(cfg: DetectTrainConfig, num_classes: int, steps_per_epoch: int):
-    """The compiled SSD model of ``cfg`` (seeded)."""
+def build_detector(cfg: DetectTrainConfig, num_classes: int):
+    """The SSD model of ``cfg`` (seeded), uncompiled."""
     keras.utils.set_random_seed(cfg.seed)
-    model = build_ssd(cfg.ssd, num_classes)
-    lr = _lr_schedule(cfg, steps_per_epoch)
+    return build_ssd(cfg.ssd, num_classes)
+
+
+def compile_detector(model, cfg: DetectTrainConfig, total_steps: int, schedule: WarmupCosine | None = None):
+    """Compile with the warm-up + cosine schedule over ``total_steps`` (or ``schedule``, made by the caller)."""
+    lr = schedule or warmup_cosine(cfg.learning_rate, total_steps)
     if cfg.optimizer == "sgd":
         optimizer = keras.optimizers.SGD(lr, momentum=0.9, global_clipnorm=10.0)
     else:
@@ -157,18 +205,27 @@ def load_detector_model(path: Path):
 
 def train_detector(cfg: DetectTrainConfig, source: Source, run_dir: Path, *, force: bool = False,
                    verbose: int | None = None) -> dict:
-    """Train (or resume, or recognise as done) the detection run in ``run_dir``. Returns metrics.json's content."""
+    """Train (or resume, or recognise as done) the detection run in ``run_dir``. Returns metrics.json's content.
+
+    What ``cfg`` leaves to the data (input size, anchors) is chosen first; config.json holds the result."""
     if source.task != "detect":
         raise ConfigError(f"DATA={cfg.data} is a {source.task} source; train_detector needs a detection source")
     if source.split_sizes.get("train", 0) == 0:
         raise ConfigError(f"DATA={cfg.data}: the train split is empty")
+    if cfg.init is not None:
+        RunFolder(Path(cfg.init)).require_model()  # a wrong INIT= fails before anything is written
     verbose = default_verbosity() if verbose is None else verbose
+    profile = profile_source(source)
+    cfg, choices = resolve_config(cfg, profile)
+    print("Chosen from the data (explicit variables win):\n" + describe_choices(choices))
     return run_lifecycle(Path(run_dir), cfg.to_dict(), force=force,
-                         train=lambda run, resuming: _train(cfg, source, run, verbose=verbose),
+                         train=lambda run, resuming: _train(cfg, source, profile, choices, run, resuming=resuming,
+                                                            verbose=verbose),
                          describe_done=lambda m: f"test mAP@.5 {m['test']['map50']:.3f}")
 
 
-def _train(cfg: DetectTrainConfig, source: Source, run: RunFolder, *, verbose: int) -> dict:
+def _train(cfg: DetectTrainConfig, source: Source, profile: DataProfile, choices: list[dict], run: RunFolder, *,
+           resuming: bool, verbose: int) -> dict:
     label_names = list(source.label_names)
     start_run(run, cfg.to_dict(), label_names)
     anchors = cfg.ssd.anchors
@@ -179,15 +236,29 @@ def _train(cfg: DetectTrainConfig, source: Source, run: RunFolder, *, verbose: i
     val_ds = detection_dataset(source, "validation", anchors, pipe, training=False, cache_dir=cache_dir) \
         if has_val else None
 
-    steps = max(1, math.ceil(source.split_sizes["train"] / cfg.batch_size))
-    model = build_detector(cfg, len(label_names), steps)
+    model = build_detector(cfg, len(label_names))
+    init = load_matching_weights(model, Path(cfg.init)) if cfg.init else None
+    budget = read_budget(run) if resuming else None
+    if budget is None:
+        budget = plan_budget(source.split_sizes["train"], cfg.batch_size, DETECTOR_RULE, epochs=cfg.epochs,
+                             steps=cfg.steps, time_budget_min=cfg.time_budget_min,
+                             step_seconds=estimate_step_seconds(model, cfg.batch_size, cfg.image_size, DETECTOR_RULE))
+    write_budget(run, budget)
+    print(budget.describe())
+    schedule = warmup_cosine(cfg.learning_rate, budget.steps)
+    compile_detector(model, cfg, budget.steps, schedule)
     history_csv = run.resume_dir / "history.csv"
-    callbacks = training_callbacks(run, monitor="val_loss" if has_val else "loss", mode="min",
-                                   patience=cfg.patience, history_csv=history_csv, log_dir=run.logs)
+    monitor = "val_loss" if has_val else "loss"
+    stopper = BudgetEarlyStopping(monitor, "min", budget_epochs=budget.epochs, steps_per_epoch=budget.steps_per_epoch,
+                                  patience_steps=cfg.patience_steps)
+    callbacks = training_callbacks(run, stopping=stopper, history_csv=history_csv, log_dir=run.logs)
+    clock = budget_clock(budget, schedule, resuming=resuming, on_replan=lambda b: write_budget(run, b))
     start = time.time()
-    model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=verbose,
+    model.fit(train_ds, validation_data=val_ds, epochs=budget.fit_epochs if clock else budget.epochs,
+              callbacks=callbacks + clock, verbose=verbose,
               shuffle=False)  # the dataset reshuffles itself, seeded
     train_seconds = time.time() - start
+    budget = clock[0].budget if clock else budget
     history = read_history(history_csv)
 
     test_split = "test" if source.split_sizes.get("test", 0) > 0 else "validation"
@@ -200,8 +271,9 @@ def _train(cfg: DetectTrainConfig, source: Source, run: RunFolder, *, verbose: i
     run.plots.mkdir(exist_ok=True)
     plot_loss_curves(history, run.plots / "training_curves.png")
     examples = plot_detection_examples(run.root, source.examples(test_split), preds, label_names, EXAMPLE_IMAGES)
-    metrics = run_metrics(test, history, train_seconds=train_seconds, model=model, source=source,
-                          test_split=test_split,
+    metrics = run_metrics(test, history, train_seconds=train_seconds, model=model, source=source, budget=budget,
+                          test_split=test_split, recipe=choices, profile=profile.to_dict(),
+                          init=init.to_dict() if init else None,
                           validation_loss=min(history.get("val_loss", [float("nan")])) if has_val else None)
     write_detection_report(run.report, config=cfg.to_dict(), metrics=metrics, examples=examples,
                            skipped=source.skipped)

@@ -3,7 +3,8 @@
 1. ``prepare_run_folder``: decide what RUN holds: nothing (new), an unfinished run with the
    same config (resume), a finished one (done), or something else (an error naming it);
 2. ``start_run``: config.json and labels.txt, written first;
-3. ``training_callbacks``: the epoch's CSV row, then its backup (BackupAndRestore in RUN/.resume),
+3. ``write_budget``: the step budget (pipeline.training.budget), kept for a resumed run;
+   ``training_callbacks``: the epoch's CSV row, then its backup (BackupAndRestore in RUN/.resume),
    then early stopping and TensorBoard: a kill loses at most the epoch in progress;
 4. ``finish_run``: model.keras, then metrics.json last (its presence marks the run complete),
    then RUN/.resume is removed.
@@ -26,6 +27,7 @@ from common.errors import UserError
 from common.run_folder import RunFolder, atomic_path, read_json, write_json
 from common.run_lock import LOCK_FILE
 from pipeline.sources.schema import Source
+from pipeline.training.budget import Budget
 from pipeline.training.history import repair_history
 
 # What a training run writes into RUN; everything else there (tuning/, export/, the lock) is not
@@ -34,6 +36,7 @@ TRAINING_FILES = ("config.json", "labels.txt", "model.keras", "metrics.json", "r
 TRAINING_DIRS = ("plots", "samples", "logs", ".resume", "eval", "predictions")
 # What may already be in RUN when a new run starts there.
 NOT_A_RUN = {"tuning", LOCK_FILE}
+BUDGET_FILE = "budget.json"  # in RUN/.resume: the plan of the run in progress
 
 
 def prepare_run_folder(run: RunFolder, config: dict, force: bool, may_write: bool = True) -> str:
@@ -88,8 +91,9 @@ def start_run(run: RunFolder, config: dict, label_names) -> None:
     run.resume_dir.mkdir(parents=True, exist_ok=True)
 
 
-def training_callbacks(run: RunFolder, *, monitor: str, mode: str, patience: int, history_csv: Path,
-                       log_dir: Path, writes_backup: bool = True, restore: list | None = None) -> list:
+def training_callbacks(run: RunFolder, *, stopping: keras.callbacks.Callback | None, history_csv: Path,
+                       log_dir: Path, writes_backup: bool = True, restore: list | None = None,
+                       backup: str = "backup") -> list:
     """The callbacks of every training run, in the order that keeps a kill safe.
 
     The epoch's CSV row comes before its backup: a kill between the two reruns that epoch,
@@ -97,29 +101,44 @@ def training_callbacks(run: RunFolder, *, monitor: str, mode: str, patience: int
     for good. ``double_checkpoint`` keeps the previous backup while a new one is written, so a
     kill in the middle of saving leaves something to resume from.
 
+    stopping:      the early stopping callback (pipeline.training.stopping), or None.
     writes_backup: False for a worker that must not write RUN (a non-chief multi-worker task);
                    ``restore`` then holds the callback that restores the chief's backup.
+    backup:        the backup's folder in RUN/.resume (a run trained in phases has one per phase).
     """
     repair_history(history_csv)  # a row torn by a kill would otherwise glue onto the next one
     callbacks = list(restore or [])
     callbacks.append(keras.callbacks.CSVLogger(str(history_csv), append=True))
     if writes_backup:
-        callbacks.append(keras.callbacks.BackupAndRestore(str(run.resume_dir / "backup"), double_checkpoint=True))
-    callbacks += [
-        keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=patience, restore_best_weights=True),
-        keras.callbacks.TensorBoard(log_dir=str(log_dir), histogram_freq=0, write_graph=False),
-    ]
+        callbacks.append(keras.callbacks.BackupAndRestore(str(run.resume_dir / backup), double_checkpoint=True))
+    if stopping is not None:
+        callbacks.append(stopping)
+    callbacks.append(keras.callbacks.TensorBoard(log_dir=str(log_dir), histogram_freq=0, write_graph=False))
     return callbacks
 
 
+def write_budget(run: RunFolder, budget: Budget) -> None:
+    """The plan a new run trains to, kept in RUN/.resume so a resumed run keeps it (its time estimate
+    would differ, and with it the schedule)."""
+    write_json(run.resume_dir / BUDGET_FILE, budget.to_dict())
+
+
+def read_budget(run: RunFolder) -> Budget | None:
+    path = run.resume_dir / BUDGET_FILE
+    return Budget.from_dict(read_json(path)) if path.exists() else None
+
+
 def run_metrics(test: dict, history: dict[str, list[float]], *, train_seconds: float, model, source: Source,
-                **task_metrics) -> dict:
+                budget: Budget, **task_metrics) -> dict:
     """metrics.json of a finished run: the test split's scores, then ``task_metrics``
-    (validation_accuracy, test_split, ...), then what every run records."""
+    (validation_accuracy, test_split, recipe, ...), then what every run records."""
+    epochs_run = len(history.get("loss", []))
     return {
         "test": test,
         **task_metrics,
-        "epochs_run": len(history.get("loss", [])),
+        "epochs_run": epochs_run,
+        "steps": epochs_run * budget.steps_per_epoch,
+        "budget": budget.to_dict(),
         "train_seconds": train_seconds,
         "parameters": int(model.count_params()),
         "split_sizes": dict(source.split_sizes),

@@ -2,10 +2,11 @@
 
 The benchmarks are product code (`make bench`) that no other test runs: issue 15 found the
 pipeline benchmark reading tfds' ~/tensorflow_datasets instead of the data dir it was
-given, which only a run from a fresh clone showed. Here all six run once (about three and a
-half minutes on 2 cores: the detector's conversions and the two-worker cluster cost most)
-into a temporary output folder, with a temporary data dir, HOME and working directory, and
-each one's JSON is checked for its figures; the numbers themselves measure nothing.
+given, which only a run from a fresh clone showed. Here all seven run once (about seven and a
+half minutes on 2 cores: the detector's conversions, the two-worker cluster and the quality
+benchmark's six command-line runs cost most) into a temporary output folder, with a temporary
+data dir, HOME and working directory, and each one's JSON is checked for its figures; the
+numbers themselves measure nothing.
 """
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ import tensorflow_datasets as tfds
 
 from benchmarks.data_paths import SMOKE_CLASSIFY_DATA
 from benchmarks.pipeline_throughput import run_pipeline_benchmark
+from benchmarks.quality_data import write_digits_folder, write_photo_detection_set
 from benchmarks.suite import ORDER, run_benchmarks
 from export.verify import MAX_MAP_DROP
+from pipeline.sources.specs import open_source
 
 pytestmark = pytest.mark.heavy
 
@@ -32,6 +35,7 @@ FILES = {
     "detection": ("detection_bench.json", "detection_bench.md"),
     "detector-int8": ("detector_int8_profile.json", "detector_int8_profile.md"),
     "distribute": ("distribute.json", "distribute.md"),
+    "quality": ("quality.json", "quality.md"),
 }
 # The heading each benchmark's Markdown page starts with, as summary.md must show it.
 HEADINGS = {
@@ -41,6 +45,7 @@ HEADINGS = {
     "detection": "# Detection benchmark",
     "detector-int8": "# Where the int8 detector's time goes",
     "distribute": "# Multi-worker training throughput",
+    "quality": "# Quality with the default settings",
 }
 
 
@@ -187,6 +192,52 @@ def test_distribute_figures(smoke_run):
     assert r["results"][0]["speedup"] == pytest.approx(1.0)
 
 
+def test_quality_figures(smoke_run):
+    """Both tasks went through the command line at smoke size (one epoch), and every figure is
+    counted over the split it names."""
+    r = _read(smoke_run.out, "quality.json")
+    assert r["smoke"] is True and r["train_flags"] == ["--epochs", "1"]
+    d, p = r["digits"], r["photos"]
+    assert sum(d["split_sizes"].values()) == 200 and sum(p["split_sizes"].values()) == 40
+    n = d["test_examples"]
+    # the SVM is scored on the very test split the CNN was
+    assert n == d["split_sizes"]["test"] == d["svm"]["test_examples"] > 0
+    for value in (d["keras"]["accuracy"], d["int8"]["accuracy"], d["svm"]["accuracy"]):
+        assert _share_of(value, n), (value, n)
+    assert d["svm"]["C"] > 0
+    for name in ("keras", "int8"):
+        m = p[name]
+        assert 0 <= m["map"] <= m["map50"] + 1e-9 and m["map50"] <= 1, (name, m)
+    for task in (d, p):
+        assert task["epochs_run"] == 1
+        assert task["steps"] == math.ceil(task["split_sizes"]["train"] / task["batch_size"])
+        assert _positive(task["train_seconds"]) and task["wall_seconds"] > task["train_seconds"]
+        assert Path(task["run"], "export", "model_int8.tflite").is_file()
+    assert {"commit", "digits", "photos"} <= set(r["old_defaults"])
+
+
+def test_quality_data_is_deterministic_and_idempotent(tmp_path):
+    """The same seed writes the same bytes; a complete folder is not written again; the sources
+    read both sets as the benchmark describes them."""
+    a = write_photo_detection_set(tmp_path / "a", n_images=12, seed=3)
+    b = write_photo_detection_set(tmp_path / "b", n_images=12, seed=3)
+    files = sorted(q.relative_to(a) for q in a.rglob("*") if q.is_file())
+    assert len(files) == 12 * 2 + 3 + 1  # images, annotations, three split files, the marker
+    assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
+    stamp = (a / "JPEGImages" / "00000.jpg").stat().st_mtime_ns
+    write_photo_detection_set(a, n_images=12, seed=3)
+    assert (a / "JPEGImages" / "00000.jpg").stat().st_mtime_ns == stamp
+    photos = open_source(f"voc:{a}", "detect")
+    assert photos.split_sizes == {"train": 10, "validation": 1, "test": 1}
+    assert set(photos.label_names) <= {"cat", "coin", "cup", "face"}
+
+    digits = open_source(f"folder:{write_digits_folder(tmp_path / 'digits', limit=50)}", "classify")
+    assert list(digits.label_names) == [str(k) for k in range(10)] and sum(digits.split_sizes.values()) == 50
+    image = next(digits.examples("train").as_numpy_iterator())["image"]
+    assert image.shape == (8, 8, 3) and image.dtype.name == "uint8"
+    assert set(image.ravel().tolist()) <= {round(v * 255 / 16) for v in range(17)}  # 0..16 scaled to 0..255
+
+
 def test_summary_lists_every_benchmark(smoke_run):
     summary = (smoke_run.out / "summary.md").read_text()
     for name in ORDER:
@@ -203,6 +254,7 @@ def test_data_goes_to_the_given_data_dir_only(smoke_run):
     prepared = {p.name for p in (smoke_run.data_dir / "shapes").iterdir()}
     assert any(n.startswith("classify-32px") for n in prepared), prepared  # pipeline, export, tuning
     assert any(n.startswith("detect-64px") for n in prepared), prepared  # detection
+    assert (smoke_run.data_dir / "quality" / "digits-200").is_dir()  # quality
 
 
 @pytest.mark.parametrize("via", ["cwd", "TFDS_DATA_DIR"])

@@ -59,3 +59,24 @@ def test_a_classification_source_is_refused(tmp_path, tiny_shapes):
     with pytest.raises(ConfigError, match="detection source"):
         train_detector(DetectTrainConfig(), tiny_shapes, tmp_path / "r")
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.heavy
+def test_init_starts_a_detector_from_an_earlier_run_and_reports_what_it_loaded(trained_detector, overfit_source,
+                                                                               tmp_path):
+    """INIT=RUN: the earlier detector's layers load (same classes: all of them), the report says so, and
+    one epoch from there is already far better than the earlier run's first epoch from scratch."""
+    earlier, earlier_metrics, cfg = trained_detector
+    fresh = DetectTrainConfig(**{**cfg.__dict__, "epochs": 1, "init": str(earlier)})
+    metrics = train_detector(fresh, overfit_source, tmp_path / "again", verbose=0)
+    init = metrics["init"]
+    assert init["from"] == str(earlier) and init["not_loaded"] == []
+    assert any(name.startswith("class_s") for name in init["loaded"]) and len(init["loaded"]) > 50
+    assert metrics["history"]["loss"][0] < 0.5 * earlier_metrics["history"]["loss"][0]
+    assert f"INIT={earlier}: loaded {len(init['loaded'])} layers" in (tmp_path / "again" / "report.md").read_text()
+
+
+def test_a_missing_init_run_is_refused_before_anything_is_written(tmp_path, overfit_source):
+    with pytest.raises(UserError, match="not found"):
+        train_detector(DetectTrainConfig(init=str(tmp_path / "nowhere")), overfit_source, tmp_path / "r")
+    assert not (tmp_path / "r").exists()

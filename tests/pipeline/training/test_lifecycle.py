@@ -15,8 +15,7 @@ def test_the_history_row_is_written_before_the_backup(tmp_path):
     """A kill between the two then reruns the epoch, whose new row replaces the old one; the
     other order (the classifier's, before) lost that epoch's row for good."""
     run = RunFolder(tmp_path / "run")
-    callbacks = training_callbacks(run, monitor="val_loss", mode="min", patience=3,
-                                   history_csv=tmp_path / "history.csv", log_dir=tmp_path / "logs")
+    callbacks = training_callbacks(run, stopping=None, history_csv=tmp_path / "history.csv", log_dir=tmp_path / "logs")
     kinds = [type(c) for c in callbacks]
     assert kinds.index(keras.callbacks.CSVLogger) < kinds.index(keras.callbacks.BackupAndRestore)
 

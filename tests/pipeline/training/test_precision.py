@@ -11,7 +11,7 @@ import tensorflow as tf
 from common.errors import ConfigError, UserError
 from models.cnn import CNNConfig
 from pipeline.training import distribute
-from pipeline.training.classifier import TrainConfig, build_model, train_classifier
+from pipeline.training.classifier import TrainConfig, build_model, compile_model, train_classifier
 from tests.export.tolerances import FLOAT32_PROBABILITY_TOLERANCE
 
 DATA = "shapes:train=200,validation=40,test=40,size=32"  # the variant test_multiworker uses
@@ -40,7 +40,8 @@ def test_named_precisions_and_errors():
 
 def test_mixed_model_computes_in_float16_but_keeps_float32_variables_outputs_and_policy():
     cfg = TrainConfig(image_size=32, cnn=TINY_CNN, precision="mixed_float16")
-    model = build_model(cfg, 4, tf.distribute.get_strategy())
+    strategy = tf.distribute.get_strategy()
+    model = compile_model(build_model(cfg, 4, strategy), cfg, strategy, 1e-3)
     assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
     conv = model.get_layer("block1_conv")
     assert conv.compute_dtype == "float16" and conv.kernel.dtype == "float32"

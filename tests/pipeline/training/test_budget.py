@@ -1,0 +1,124 @@
+"""The step budget's arithmetic and its schedule (pipeline.training.budget)."""
+import math
+
+import pytest
+
+from pipeline.training.budget import (FINAL_LR_SHARE, WARMUP_SHARE, Budget, BudgetClock, BudgetRule, budget_clock,
+                                      plan_budget, warmup_cosine)
+
+RULE = BudgetRule(min_steps=2000, min_epochs=10, max_epochs=300, time_budget_min=20.0, train_to_forward=3.0)
+
+
+def test_a_small_dataset_gets_the_minimum_steps_in_whole_epochs():
+    b = plan_budget(1400, 64, RULE)  # 22 steps an epoch
+    assert b.steps_per_epoch == 22
+    assert b.epochs == math.ceil(2000 / 22) == 91
+    assert b.steps >= 2000 and b.steps - 2000 < 22
+    assert "2000 steps" in b.reason
+
+
+def test_a_large_dataset_gets_the_minimum_epochs():
+    b = plan_budget(64_000, 64, RULE)  # 1000 steps an epoch: 10 epochs beat 2000 steps
+    assert (b.epochs, b.steps) == (10, 10_000)
+    assert "10 epochs" in b.reason
+
+
+def test_a_tiny_dataset_is_not_repeated_forever():
+    b = plan_budget(50, 64, RULE)  # 1 step an epoch
+    assert (b.epochs, b.steps) == (300, 300)
+    assert "300 epochs" in b.reason
+
+
+def test_the_time_budget_caps_the_steps():
+    b = plan_budget(64_000, 64, RULE, step_seconds=0.5)  # 20 min at 0.5 s: 2400 steps, 3 epochs
+    assert b.epochs == 2 and b.steps <= 2400
+    assert "time budget" in b.reason
+    assert b.est_minutes == pytest.approx(b.steps * 0.5 / 60)
+    longer = plan_budget(64_000, 64, RULE, step_seconds=0.5, time_budget_min=60)
+    assert longer.epochs == 7  # 7200 steps fit in an hour
+
+
+def test_explicit_epochs_and_steps_win_over_the_rule_and_the_clock():
+    assert plan_budget(1400, 64, RULE, epochs=3, step_seconds=100.0).epochs == 3
+    b = plan_budget(1400, 64, RULE, steps=100, step_seconds=100.0)
+    assert b.epochs == 5 and b.steps == 110  # rounded up to whole epochs
+    with pytest.raises(ValueError):
+        plan_budget(1400, 64, RULE, epochs=3, steps=100)
+
+
+def test_a_budget_round_trips_through_json():
+    b = plan_budget(1400, 64, RULE, step_seconds=0.03)
+    assert Budget.from_dict(b.to_dict()) == b
+    assert "estimated" in b.describe() and str(b.steps) in b.describe()
+
+
+def test_the_schedule_warms_up_then_decays_to_its_floor():
+    peak, total = 1e-2, 1000
+    lr = warmup_cosine(peak, total)
+    values = [float(lr(step)) for step in range(0, total + 1, 10)]
+    warmup_end = int(WARMUP_SHARE * total)
+    assert values[0] == pytest.approx(0.1 * peak)
+    assert float(lr(warmup_end)) == pytest.approx(peak, rel=1e-3)
+    assert max(values) == pytest.approx(peak, rel=1e-3)
+    after = values[warmup_end // 10:]
+    assert all(a >= b - 1e-12 for a, b in zip(after, after[1:]))  # never rises after the warm-up
+    assert float(lr(total)) == pytest.approx(FINAL_LR_SHARE * peak, rel=1e-3)
+
+
+class FakeModel:
+    stop_training = False
+
+
+def test_the_clock_shortens_a_run_that_would_overrun_its_time_budget(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr("pipeline.training.budget.time.perf_counter", lambda: now[0])
+    budget = plan_budget(1000, 100, RULE, step_seconds=0.01, time_budget_min=1.0)  # 10 steps an epoch
+    assert budget.epochs == 200 and budget.limit_s == 60.0  # the rule's 2000 steps fit the estimate
+    schedule = warmup_cosine(1e-2, budget.steps)
+    replanned = []
+    clock = BudgetClock(budget, schedule, budget.limit_s, on_replan=replanned.append)
+    clock._model = FakeModel()
+    monkeypatch.setattr(BudgetClock, "model", property(lambda self: self._model), raising=False)
+    clock.on_train_begin()
+    epoch_seconds = [10.0, 1.0, 1.0]  # tracing, then 0.1 s a step: 10x the estimate
+    for epoch, seconds in enumerate(epoch_seconds):
+        now[0] += seconds
+        clock.on_epoch_end(epoch)
+    # 12 s gone, 1 s an epoch: 48 more epochs fit in the minute
+    assert clock.epochs == 51 and replanned and replanned[0].epochs == 51
+    assert replanned[0].est_step_seconds == pytest.approx(0.1) and "re-planned" in replanned[0].reason
+    assert float(schedule.total_steps.numpy()) == 510
+    assert float(schedule(510)) == pytest.approx(FINAL_LR_SHARE * 1e-2, rel=1e-3)  # the decay ends at the new end
+    for epoch in range(3, 51):
+        now[0] += 1.0
+        clock.on_epoch_end(epoch)
+        assert clock.model.stop_training == (epoch == 50)
+
+
+def test_the_clock_leaves_a_run_on_time_and_explicit_budgets_alone(monkeypatch):
+    budget = plan_budget(1000, 100, RULE, step_seconds=0.01, time_budget_min=60.0)
+    schedule = warmup_cosine(1e-2, budget.steps)
+    assert budget_clock(plan_budget(1000, 100, RULE, epochs=5), schedule, resuming=False) == []
+    assert budget_clock(budget, schedule, resuming=True) == []
+    now = [0.0]
+    monkeypatch.setattr("pipeline.training.budget.time.perf_counter", lambda: now[0])
+    [clock] = budget_clock(budget, schedule, resuming=False)
+    clock.on_train_begin()
+    for epoch in range(3):
+        now[0] += 0.1
+        clock.on_epoch_end(epoch)
+    assert clock.epochs == budget.epochs and float(schedule.total_steps.numpy()) == budget.steps
+
+
+def test_the_clock_extends_a_time_capped_run_that_would_finish_early_but_not_past_the_rule(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr("pipeline.training.budget.time.perf_counter", lambda: now[0])
+    budget = plan_budget(1000, 100, RULE, step_seconds=0.3, time_budget_min=1.0)  # estimate: 200 steps fit
+    assert (budget.epochs, budget.wanted_epochs, budget.fit_epochs) == (20, 200, 200)
+    [clock] = budget_clock(budget, warmup_cosine(1e-2, budget.steps), resuming=False)
+    clock.on_train_begin()
+    for epoch, seconds in enumerate([5.0, 0.5, 0.5]):  # really 0.05 s a step: 6x faster than estimated
+        now[0] += seconds
+        clock.on_epoch_end(epoch)
+    assert clock.epochs == 3 + int((60 - 6) / 0.5) == 111  # what fits in the minute, below the rule's 200
+    assert float(clock.schedule.total_steps.numpy()) == 1110
