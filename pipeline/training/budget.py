@@ -28,6 +28,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from common.errors import ConfigError
+
 WARMUP_SHARE = 0.05  # of the planned steps
 FINAL_LR_SHARE = 0.01  # the cosine ends at 1 % of the peak learning rate
 STEP_OVERHEAD_S = 0.02  # Keras' per-step work (callbacks, the input pipeline hand-off, epoch-end validation
@@ -98,6 +100,18 @@ class Budget:
     def fit_epochs(self) -> int:
         """The ``epochs`` to give ``model.fit``: the most a BudgetClock may extend the run to."""
         return max(self.epochs, self.wanted_epochs or 0)
+
+
+def check_budget_settings(epochs: int | None, steps: int | None, time_budget_min: float | None) -> None:
+    """ConfigError for EPOCHS= / STEPS= / TIME_BUDGET= values no plan can honour (every task's config)."""
+    if epochs is not None and steps is not None:
+        raise ConfigError("EPOCHS= and STEPS= both given; choose one")
+    if epochs is not None and epochs < 1:
+        raise ConfigError(f"EPOCHS={epochs}: must be at least 1")
+    if steps is not None and steps < 1:
+        raise ConfigError(f"STEPS={steps}: must be at least 1")
+    if time_budget_min is not None and not time_budget_min > 0:
+        raise ConfigError(f"TIME_BUDGET={time_budget_min}: must be a positive number of minutes")
 
 
 def plan_budget(train_examples: int, batch_size: int, rule: BudgetRule, *, epochs: int | None = None,

@@ -28,10 +28,10 @@ from pipeline.dataset import PipelineConfig, classification_dataset
 from pipeline.evaluation.classification import classification_metrics, predict_dataset
 from pipeline.evaluation.report import plot_confusion_matrix, plot_training_curves, write_training_report
 from pipeline.sources.schema import Source
-from pipeline.training.budget import (CLASSIFIER_RULE, Budget, budget_clock, estimate_step_seconds, plan_budget,
-                                      warmup_cosine)
-from pipeline.training.lifecycle import (default_verbosity, finish_run, read_budget, run_lifecycle, run_metrics,
-                                         start_run, training_callbacks, write_budget)
+from pipeline.training.budget import (CLASSIFIER_RULE, Budget, budget_clock, check_budget_settings,
+                                      estimate_step_seconds, plan_budget, warmup_cosine)
+from pipeline.training.lifecycle import (default_verbosity, finish_run, run_lifecycle, run_metrics, settle_budget,
+                                         start_run, training_callbacks, without_legacy_keys, write_budget)
 from pipeline.training.recipe import (CLASS_WEIGHT_MODES, DataProfile, class_weights, classifier_image_size,
                                       describe_choices, profile_source)
 from pipeline.training.stopping import DEFAULT_PATIENCE_STEPS, BudgetEarlyStopping
@@ -44,7 +44,6 @@ ACCURACY_RESOLUTION = 100  # validation images from which early stopping judges 
 MODELS = ("cnn", "mobilenetv2")
 HEAD_SHARE = 0.3  # MobileNetV2: the share of the budget that trains the head alone (phase 1)
 FINE_TUNE_LR_SHARE = 0.1  # phase 2 (the top blocks unfrozen) peaks at this share of the learning rate
-LEGACY_KEYS = ("patience",)  # config.json keys of earlier releases that no longer mean anything
 
 
 @dataclass(frozen=True)
@@ -92,14 +91,7 @@ class TrainConfig:
                               f"(resolve auto with pipeline.training.distribute.resolve_precision first)")
         if self.model not in MODELS:
             raise ConfigError(f"MODEL={self.model}: expected one of {', '.join(MODELS)}")
-        if self.epochs is not None and self.steps is not None:
-            raise ConfigError("EPOCHS= and STEPS= both given; choose one")
-        if self.epochs is not None and self.epochs < 1:
-            raise ConfigError(f"EPOCHS={self.epochs}: must be at least 1")
-        if self.steps is not None and self.steps < 1:
-            raise ConfigError(f"STEPS={self.steps}: must be at least 1")
-        if self.time_budget_min is not None and not self.time_budget_min > 0:
-            raise ConfigError(f"TIME_BUDGET={self.time_budget_min}: must be a positive number of minutes")
+        check_budget_settings(self.epochs, self.steps, self.time_budget_min)
         if self.batch_size < 1:
             raise ConfigError(f"BATCH={self.batch_size}: must be at least 1")
         if self.image_size is not None and self.image_size < 8:
@@ -122,7 +114,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        d = {k: v for k, v in d.items() if k not in LEGACY_KEYS}
+        d = without_legacy_keys(d)
         d["cnn"] = CNNConfig.from_dict(d.get("cnn", {}))
         d["mobilenet"] = MobileNetConfig.from_dict(d.get("mobilenet", {}))
         d["augment"] = AugmentConfig(**d.get("augment", {}))
@@ -243,12 +235,9 @@ def _float32_copy(model, cfg: TrainConfig, num_classes: int):
     return final
 
 
-def _plan(cfg: TrainConfig, source: Source, run: RunFolder, model, *, resuming: bool, estimate: bool) -> Budget:
-    """The run's budget: the one a resumed run started with (RUN/.resume/budget.json), else a new plan.
-    ``estimate``: time the model to cap the plan by the time budget (never on multi-worker runs, whose
-    workers must agree on the plan without talking)."""
-    if resuming and (saved := read_budget(run)) is not None:
-        return saved
+def _plan(cfg: TrainConfig, source: Source, model, *, estimate: bool) -> Budget:
+    """A new run's budget. ``estimate``: time the model to cap the plan by the time budget (never on
+    multi-worker runs, whose workers must agree on the plan without talking)."""
     seconds = estimate_step_seconds(model, cfg.batch_size, cfg.image_size, CLASSIFIER_RULE) if estimate else None
     return plan_budget(source.split_sizes["train"], cfg.batch_size, CLASSIFIER_RULE, epochs=cfg.epochs,
                        steps=cfg.steps, time_budget_min=cfg.time_budget_min, step_seconds=seconds)
@@ -272,10 +261,8 @@ def _train(cfg: TrainConfig, source: Source, profile: DataProfile, choices: list
     keras.utils.set_random_seed(cfg.seed)
     model = build_model(cfg, len(label_names), strategy)
     init = load_matching_weights(model, Path(cfg.init)) if cfg.init else None
-    budget = _plan(cfg, source, run, model, resuming=resuming, estimate=distribute.num_workers(strategy) == 1)
-    if chief:
-        write_budget(run, budget)
-        print(budget.describe())
+    budget = settle_budget(run, resuming=resuming, writes=chief,
+                           plan=lambda: _plan(cfg, source, model, estimate=distribute.num_workers(strategy) == 1))
     weights, _ = class_weights(profile, cfg.class_weights)
     mine.resume_dir.mkdir(parents=True, exist_ok=True)
     history_csv = mine.resume_dir / "history.csv"

@@ -32,15 +32,14 @@ from pipeline.evaluation.coco_eval import evaluate_detector
 from pipeline.evaluation.report import plot_detection_examples, plot_loss_curves, write_detection_report
 from pipeline.sources.schema import Source
 from pipeline.training.history import read_history
-from pipeline.training.budget import (DETECTOR_RULE, WarmupCosine, budget_clock, estimate_step_seconds, plan_budget,
-                                      warmup_cosine)
-from pipeline.training.lifecycle import (default_verbosity, finish_run, read_budget, run_lifecycle, run_metrics,
-                                         start_run, training_callbacks, write_budget)
+from pipeline.training.budget import (DETECTOR_RULE, WarmupCosine, budget_clock, check_budget_settings,
+                                      estimate_step_seconds, plan_budget, warmup_cosine)
+from pipeline.training.lifecycle import (default_verbosity, finish_run, run_lifecycle, run_metrics, settle_budget,
+                                         start_run, training_callbacks, without_legacy_keys, write_budget)
 from pipeline.training.recipe import DataProfile, describe_choices, detector_input_size, profile_source
 from pipeline.training.stopping import DEFAULT_PATIENCE_STEPS, BudgetEarlyStopping
 from pipeline.training.warm_start import load_matching_weights
 
-LEGACY_KEYS = ("patience",)  # config.json keys of earlier releases that no longer mean anything
 LOW_ANCHOR_RECALL = 0.9  # below this share of boxes with an anchor at the matching IoU, the run warns
 EXAMPLE_IMAGES = 6  # test images drawn with predicted and true boxes in the report
 OPTIMIZERS = ("adam", "sgd")  # sgd: momentum 0.9
@@ -92,14 +91,7 @@ class DetectTrainConfig:
     def __post_init__(self):
         if self.task != "detect":
             raise ConfigError(f"TASK={self.task}: DetectTrainConfig is for TASK=detect")
-        if self.epochs is not None and self.steps is not None:
-            raise ConfigError("EPOCHS= and STEPS= both given; choose one")
-        if self.epochs is not None and self.epochs < 1:
-            raise ConfigError(f"EPOCHS={self.epochs}: must be at least 1")
-        if self.steps is not None and self.steps < 1:
-            raise ConfigError(f"STEPS={self.steps}: must be at least 1")
-        if self.time_budget_min is not None and not self.time_budget_min > 0:
-            raise ConfigError(f"TIME_BUDGET={self.time_budget_min}: must be a positive number of minutes")
+        check_budget_settings(self.epochs, self.steps, self.time_budget_min)
         if self.batch_size < 1:
             raise ConfigError(f"BATCH={self.batch_size}: must be at least 1")
         if not self.learning_rate > 0:
@@ -122,7 +114,7 @@ class DetectTrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DetectTrainConfig":
-        d = {k: v for k, v in d.items() if k not in LEGACY_KEYS}
+        d = without_legacy_keys(d)
         d["ssd"] = SSDConfig.from_dict(d.get("ssd", default_ssd().to_dict()))
         d["loss"] = LossConfig(**d.get("loss", {}))
         d["augment"] = DetectionAugmentConfig(**d.get("augment", {}))
@@ -238,13 +230,10 @@ def _train(cfg: DetectTrainConfig, source: Source, profile: DataProfile, choices
 
     model = build_detector(cfg, len(label_names))
     init = load_matching_weights(model, Path(cfg.init)) if cfg.init else None
-    budget = read_budget(run) if resuming else None
-    if budget is None:
-        budget = plan_budget(source.split_sizes["train"], cfg.batch_size, DETECTOR_RULE, epochs=cfg.epochs,
-                             steps=cfg.steps, time_budget_min=cfg.time_budget_min,
-                             step_seconds=estimate_step_seconds(model, cfg.batch_size, cfg.image_size, DETECTOR_RULE))
-    write_budget(run, budget)
-    print(budget.describe())
+    budget = settle_budget(run, resuming=resuming, plan=lambda: plan_budget(
+        source.split_sizes["train"], cfg.batch_size, DETECTOR_RULE, epochs=cfg.epochs, steps=cfg.steps,
+        time_budget_min=cfg.time_budget_min,
+        step_seconds=estimate_step_seconds(model, cfg.batch_size, cfg.image_size, DETECTOR_RULE)))
     schedule = warmup_cosine(cfg.learning_rate, budget.steps)
     compile_detector(model, cfg, budget.steps, schedule)
     history_csv = run.resume_dir / "history.csv"

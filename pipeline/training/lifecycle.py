@@ -37,6 +37,7 @@ TRAINING_DIRS = ("plots", "samples", "logs", ".resume", "eval", "predictions")
 # What may already be in RUN when a new run starts there.
 NOT_A_RUN = {"tuning", LOCK_FILE}
 BUDGET_FILE = "budget.json"  # in RUN/.resume: the plan of the run in progress
+LEGACY_CONFIG_KEYS = ("patience",)  # config.json keys of earlier releases that no longer mean anything
 
 
 def prepare_run_folder(run: RunFolder, config: dict, force: bool, may_write: bool = True) -> str:
@@ -126,6 +127,22 @@ def write_budget(run: RunFolder, budget: Budget) -> None:
 def read_budget(run: RunFolder) -> Budget | None:
     path = run.resume_dir / BUDGET_FILE
     return Budget.from_dict(read_json(path)) if path.exists() else None
+
+
+def settle_budget(run: RunFolder, *, resuming: bool, plan: Callable[[], Budget], writes: bool = True) -> Budget:
+    """The budget a run trains to: the one a resumed run started with (RUN/.resume/budget.json), else
+    ``plan()``. A run that ``writes`` RUN (not a non-chief worker) keeps it there and prints it."""
+    budget = (read_budget(run) if resuming else None) or plan()
+    if writes:
+        write_budget(run, budget)
+        print(budget.describe())
+    return budget
+
+
+def without_legacy_keys(config: dict) -> dict:
+    """A config.json's content less the keys of earlier releases (LEGACY_CONFIG_KEYS), so their runs
+    still load for export, eval and predict."""
+    return {k: v for k, v in config.items() if k not in LEGACY_CONFIG_KEYS}
 
 
 def run_metrics(test: dict, history: dict[str, list[float]], *, train_seconds: float, model, source: Source,
