@@ -6,6 +6,8 @@
     python cli.py tune    --run RUN --task classify|detect --data shapes --tuner bayesian --trials 6 [--max-latency-ms 2]
     python cli.py export  --run RUN --quant int8|float32|float16|dynamic|int8-qat|all [--prune 0.5]
     python cli.py bench   [--only pipeline,export,tuning,detection,detector-int8,distribute] [--out runs/bench]
+    python cli.py app     --run RUN                      RUN/app/: the exported model in a web page (MediaPipe Tasks)
+    python cli.py serve   --run RUN [--host 127.0.0.1] [--port 8000]
 
 A ``UserError`` (bad path, bad file, bad setting) prints one line and exits 2;
 anything else is a bug and keeps its traceback. A command that writes files ends with one
@@ -95,6 +97,16 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="convert a run's model to verified .tflite files in RUN/export/")
     add_export_args(p)
+
+    p = sub.add_parser("app", help="build RUN/app/: a static web page running the exported model in MediaPipe "
+                                   "Tasks for the web (camera, dropped images, ?selftest=1)")
+    p.add_argument("--run", type=Path, required=True, help="an exported run folder (make export)")
+
+    p = sub.add_parser("serve", help="serve RUN/app/ on a plain static server")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="127.0.0.1 (default; the camera works there) or 0.0.0.0 to open it to your network")
+    p.add_argument("--port", type=int, default=8000)
 
     p = sub.add_parser("bench", help="benchmarks: input pipeline, export, tuning memory, detection, distribution")
     p.add_argument("--out", type=Path, default=Path("runs/bench"))
@@ -232,7 +244,24 @@ def cmd_bench(args) -> None:
     print(wrote(args.out, _written_since(args.out, start)))
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "tune": cmd_tune, "export": cmd_export, "bench": cmd_bench}
+def cmd_app(args) -> None:
+    from export.web_app import app_summary, build_app
+
+    with _locked(args.run, "app"):
+        app_dir = build_app(args.run)
+    print(app_summary(app_dir))
+    print(f"Serve it: make serve RUN={args.run}   (then open http://127.0.0.1:8000/)")
+
+
+def cmd_serve(args) -> None:
+    from export.serve import serve
+    from export.web_app import APP_DIR
+
+    serve(RunFolder(args.run).root / APP_DIR, args.host, args.port)
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "tune": cmd_tune, "export": cmd_export,
+            "bench": cmd_bench, "app": cmd_app, "serve": cmd_serve}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -105,16 +105,19 @@ def _eval_result(run: Path, model: Path) -> dict:
     raise RuntimeError(f"{run / 'eval'}: no evaluation of {model}")
 
 
-def train_export_eval(task: str, data: str, run: Path, size: QualitySize, scores: tuple[str, ...]) -> dict:
+def train_export_eval(task: str, data: str, run: Path, size: QualitySize, scores: tuple[str, ...],
+                      data_dir: Path) -> dict:
     """Train ``data`` with the defaults into ``run`` (a fresh folder), export int8, evaluate the
-    .tflite on the test split. Returns the Keras and int8 ``scores``, steps and times."""
+    .tflite on the test split. Returns the Keras and int8 ``scores``, steps and times. ``data_dir``:
+    where the source's prepared files (its manifest) go, as `make train DATA_DIR=`."""
     shutil.rmtree(run, ignore_errors=True)  # the current defaults, trained now: never a finished run
-    seconds = {"train": _cli("train", "--task", task, "--data", data, "--run", str(run), *size.train_flags)}
+    where = ("--data-dir", str(data_dir))
+    seconds = {"train": _cli("train", "--task", task, "--data", data, "--run", str(run), *where, *size.train_flags)}
     # --min-agreement 0: the int8 model is scored whatever its agreement with Keras (export's gate
     # would stop here, e.g. on a smoke run's barely trained model); the int8 column shows any drop
-    seconds["export"] = _cli("export", "--run", str(run), "--quant", "int8", "--min-agreement", "0")
+    seconds["export"] = _cli("export", "--run", str(run), "--quant", "int8", "--min-agreement", "0", *where)
     model = run / "export" / "model_int8.tflite"
-    seconds["eval"] = _cli("eval", "--run", str(run), "--model", str(model))
+    seconds["eval"] = _cli("eval", "--run", str(run), "--model", str(model), *where)
     metrics, config, tflite = read_json(run / "metrics.json"), read_json(run / "config.json"), _eval_result(run, model)
     return {
         "data": data,
@@ -141,10 +144,10 @@ def _pixels(source, split: str) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(x), np.array(y)
 
 
-def svm_baseline(folder: Path, seed: int) -> dict:
+def svm_baseline(folder: Path, seed: int, data_dir: Path) -> dict:
     """An RBF SVM on raw gray pixels of the split the CNN saw (the folder source with the run's
     seed): C picked by validation accuracy, then scored on the test split."""
-    source = open_source(f"folder:{folder}", "classify", seed=seed)
+    source = open_source(f"folder:{folder}", "classify", seed=seed, data_dir=data_dir)
     (xt, yt), (xv, yv), (xs, ys) = (_pixels(source, s) for s in ("train", "validation", "test"))
     validation = {c: SVC(C=c).fit(xt, yt).score(xv, yv) for c in SVM_C}
     best = max(SVM_C, key=lambda c: validation[c])  # the first of equals: the smallest C
@@ -159,13 +162,17 @@ def run_quality_benchmark(out_dir: Path, *, data_dir: Path | None = None, smoke:
     size = SMOKE if smoke else FULL
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    root = resolve_data_dir(data_dir).resolve() / "quality"
+    data_dir = resolve_data_dir(data_dir).resolve()
+    root = data_dir / "quality"
     digits_dir = write_digits_folder(root / f"digits-{size.digits or 'all'}", limit=size.digits)
     photos_dir = write_photo_detection_set(root / f"photos-{size.photos}-seed0", n_images=size.photos, seed=0)
 
-    digits = train_export_eval("classify", f"folder:{digits_dir}", out_dir / "quality" / "digits", size, ("accuracy",))
-    digits["svm"] = svm_baseline(digits_dir, read_json(out_dir / "quality" / "digits" / "config.json")["seed"])
-    photos = train_export_eval("detect", f"voc:{photos_dir}", out_dir / "quality" / "photos", size, ("map50", "map"))
+    digits = train_export_eval("classify", f"folder:{digits_dir}", out_dir / "quality" / "digits", size, ("accuracy",),
+                               data_dir)
+    digits["svm"] = svm_baseline(digits_dir, read_json(out_dir / "quality" / "digits" / "config.json")["seed"],
+                                 data_dir)
+    photos = train_export_eval("detect", f"voc:{photos_dir}", out_dir / "quality" / "photos", size, ("map50", "map"),
+                               data_dir)
 
     results = {
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},

@@ -22,7 +22,7 @@ from benchmarks.data_paths import SMOKE_CLASSIFY_DATA, resolve_data_dir
 from common.errors import UserError
 from common.run_folder import write_text
 
-ORDER = ("pipeline", "export", "tuning", "detection", "detector-int8", "distribute", "quality")
+ORDER = ("pipeline", "export", "tuning", "detection", "detector-int8", "distribute", "quality", "tuning-quality")
 
 
 def _ensure_trained_run(run_dir: Path, data_dir: Path, smoke: bool) -> Path:
@@ -83,8 +83,15 @@ def _quality(out: Path, data_dir: Path, smoke: bool):
     return run_quality_benchmark(out, data_dir=data_dir, smoke=smoke)  # real images, written into data_dir
 
 
+def _tuning_quality(out: Path, data_dir: Path, smoke: bool):
+    from benchmarks.tuning_quality import run_tuning_quality_benchmark
+
+    return run_tuning_quality_benchmark(out, data_dir=data_dir, smoke=smoke)  # `make train` vs `make tune`
+
+
 RUNNERS = {"pipeline": _pipeline, "export": _export, "tuning": _tuning, "detection": _detection,
-           "detector-int8": _detector_int8, "distribute": _distribute, "quality": _quality}
+           "detector-int8": _detector_int8, "distribute": _distribute, "quality": _quality,
+           "tuning-quality": _tuning_quality}
 
 
 def parse_names(text: str | None) -> list[str]:

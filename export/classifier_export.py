@@ -6,7 +6,7 @@ int8-qat mode go through the tf_keras seam (export.keras2).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import keras
@@ -15,8 +15,10 @@ import numpy as np
 from common.errors import ConfigError, UserError
 from common.run_folder import RunFolder
 from export import keras2
+from export.app_score import classifier_accuracy
 from export.convert import convert_keras
 from export.exporter import ExportConfig, Verification
+from export.golden import CANDIDATES, GoldenImages, classifier_outputs
 from export.metadata import ImageInput, with_classifier_metadata
 from export.verify import verify_classifier
 from pipeline.dataset import classification_dataset
@@ -148,8 +150,17 @@ class ClassifierExport:
     def verify(self, mode: str, model_bytes: bytes, cfg: ExportConfig) -> Verification:
         # int8-qat is compared with the QAT model it was converted from
         reference = self._qat_reference if mode == "int8-qat" else self.reference
-        return verify_classifier(model_bytes, self.data.test_images, self.data.test_labels, reference,
-                                 min_agreement=cfg.min_agreement, progress=f"verifying {mode}")
+        v = verify_classifier(model_bytes, self.data.test_images, self.data.test_labels, reference,
+                              min_agreement=cfg.min_agreement, progress=f"verifying {mode}")
+        app = classifier_accuracy(model_bytes, self.data.source, "test", self.labels, progress=f"MediaPipe {mode}")
+        return replace(v, detail={**v.detail, "mediapipe": app})
+
+    golden_outputs = staticmethod(classifier_outputs)
+
+    def golden_images(self) -> GoldenImages:
+        images = self.data.test_images[:CANDIDATES]
+        return GoldenImages(pixels=np.clip(np.round(images), 0, 255).astype(np.uint8),
+                            truth=[[self.labels[int(y)]] for y in self.data.test_labels[:CANDIDATES]])
 
     def card(self, cfg: ExportConfig) -> dict:
         size = self.data.image_size

@@ -8,15 +8,20 @@ are refused with a clear error rather than ignored.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+
+import numpy as np
 
 from common.errors import ConfigError, UserError
 from common.run_folder import RunFolder
+from export.app_score import detector_map
 from export.detector_convert import DETECTOR_MODES, PostProcess, convert_detector, with_detector_metadata
 from export.exporter import ExportConfig
+from export.golden import CANDIDATES, GoldenImages, detector_outputs
 from export.runtime import TFLiteDetector
 from export.verify import MAX_MAP_DROP, Verification, verify_detector
-from pipeline.detection_dataset import detection_eval_dataset
+from pipeline.detection_dataset import detection_eval_dataset, ground_truth
 from pipeline.evaluation.coco_eval import evaluate_detector
 from pipeline.sources.specs import open_source
 from pipeline.training.detector import DetectTrainConfig, keras_detect_fn, load_detector_model
@@ -78,8 +83,22 @@ class DetectorExport:
         detector = TFLiteDetector(model_bytes)
         metrics, _, preds = evaluate_detector(detector.detect_batch, self.batches, self.labels,
                                               progress=f"verifying {mode}")
-        return verify_detector(self.reference_metrics, self.reference_preds, metrics, preds,
-                               min_agreement=cfg.min_agreement)
+        v = verify_detector(self.reference_metrics, self.reference_preds, metrics, preds,
+                            min_agreement=cfg.min_agreement)
+        app = detector_map(model_bytes, self.source, self.test_split, self.labels, progress=f"MediaPipe {mode}")
+        return replace(v, detail={**v.detail, "mediapipe": app})
+
+    golden_outputs = staticmethod(detector_outputs)
+
+    def golden_images(self) -> GoldenImages:
+        pixels, truth = [], []
+        for batch in self.batches:
+            pixels += list(np.asarray(batch["image"]))
+            truth += [[self.labels[int(c)] for c in gt["labels"]] for gt in ground_truth(batch)]
+            if len(pixels) >= CANDIDATES:
+                break
+        return GoldenImages(pixels=np.clip(np.round(np.stack(pixels[:CANDIDATES])), 0, 255).astype(np.uint8),
+                            truth=truth[:CANDIDATES])
 
     def card(self, cfg: ExportConfig) -> dict:
         size = self.train_cfg.image_size

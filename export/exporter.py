@@ -9,7 +9,8 @@ The contract every task's export keeps (the task contributes an ``ExportTarget``
    test split against the Keras model, time it;
 3. write, each atomically: the models that passed verification as ``model_<mode>.tflite`` (a
    stale file of a mode that failed is removed: it must not pass for this export), labels.txt,
-   model_card.json and export_report.md; then fail (UserError) if any mode failed.
+   model_card.json and export_report.md, and golden/ (``export.golden``: a few test images as the
+   exact pixels the models see, and LiteRT's outputs for each); then fail (UserError) if any mode failed.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import numpy as np
 from common.errors import ConfigError, UserError
 from common.run_folder import RunFolder, write_bytes, write_json, write_text
 from export.convert import CALIBRATION_IMAGES, INT8_IO_TYPES, QUANT_MODES, check_mode
+from export.golden import GOLDEN_DIR, GoldenImages, write_golden
 from export.runtime import LATENCY_RUNS, TFLiteModel, measure_latency
 from export.verify import Verification
 
@@ -98,6 +100,12 @@ class ExportTarget(Protocol):
     def card(self, cfg: ExportConfig) -> dict:
         """The task's part of model_card.json: input, output, calibration, ..."""
 
+    def golden_images(self) -> GoldenImages:
+        """The first test images (export.golden.CANDIDATES at most) as the model sees them."""
+
+    def golden_outputs(self, model_bytes: bytes, pixels, labels: list[str]) -> list[dict]:
+        """LiteRT's answer per image (export.golden.classifier_outputs / detector_outputs)."""
+
 
 @dataclass
 class ExportedModel:
@@ -137,6 +145,8 @@ def model_entry(m: ExportedModel, float32_size: int | None) -> dict:
         "passed": v.passed,
         "verification": v.to_dict(),
         "mediapipe_compatible": in_dtype in MEDIAPIPE_INPUT_TYPES,
+        # the figure an app sees: MediaPipe Tasks (Python) on the test images at their own size (export.app_score)
+        "mediapipe": v.detail.get("mediapipe"),
     }
 
 
@@ -157,6 +167,16 @@ def model_card(target: ExportTarget, run: RunFolder, cfg: ExportConfig, models: 
     }
 
 
+def _app_cell(m: dict) -> str:
+    """The report's MediaPipe cell of one model entry."""
+    app = m.get("mediapipe") or {}
+    if not m["mediapipe_compatible"]:
+        return "no (int8 input)"
+    if "score" in app:
+        return f"**{app['score']:.4f}**"
+    return f"no: {app['error']}" if "error" in app else "-"
+
+
 def export_report(card: dict) -> str:
     """Markdown comparison of the exported modes."""
     q = card["quality"]
@@ -165,11 +185,14 @@ def export_report(card: dict) -> str:
              f"Keras model {q} {card['keras_score']:.4f}. "
              f"Calibration: {card['calibration']['images']} validation images + 1 full-range image. "
              f"Every model must agree with its Keras model on >= {card['min_agreement']:.0%} of the test "
-             f"split{card.get('extra_check', '')}.", ""]
+             f"split{card.get('extra_check', '')}.", "",
+             f"**What an app sees** is the `{q} in MediaPipe` column: MediaPipe Tasks (Python) on the test "
+             f"images at their own size, as an app hands it a photo (it resizes without antialiasing, keeps one "
+             f"class per box and reports whole-pixel boxes). `{q}` is LiteRT on our preprocessing.", ""]
     for note in card.get("notes", []):
         lines += [note, ""]
     lines += [f"| mode | file | size (bytes) | vs float32 | gzip (bytes) | input | median ms | p90 ms "
-              f"| {q} | agreement | passed | MediaPipe |",
+              f"| {q} | agreement | passed | {q} in MediaPipe |",
               "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---|---|"]
     for mode, m in card["models"].items():
         ratio = f"{m['size_vs_float32']:.2f}x" if m["size_vs_float32"] else "-"
@@ -178,7 +201,7 @@ def export_report(card: dict) -> str:
                      f"{m['input']['dtype']} | {lat['median_ms']:.3f} | {lat['p90_ms']:.3f} | "
                      f"{m['score']:.4f} | {m['agreement']:.1%} | "
                      f"{'yes' if m['passed'] else 'NO: ' + m['verification']['problem']} | "
-                     f"{'yes' if m['mediapipe_compatible'] else 'no (int8 input)'} |")
+                     f"{_app_cell(m)} |")
     lines += ["", "Latency: ai_edge_litert Interpreter (XNNPACK), 1 thread, single image. A model that failed "
               "verification is not written.", ""]
     return "\n".join(lines)
@@ -196,8 +219,11 @@ def export_run(target: ExportTarget, run_dir: Path, cfg: ExportConfig, *, log=pr
         verification = target.verify(mode, model_bytes, cfg)
         latency = measure_latency(model_bytes, runs=cfg.latency_runs, threads=1)
         models.append(ExportedModel(mode, model_bytes, verification, latency))
+        app = verification.detail.get("mediapipe") or {}
         log(f"  {len(model_bytes):,} bytes, agreement {verification.agreement:.1%}, {target.quality} "
-            f"{verification.score:.4f} (Keras {verification.reference_score:.4f}), {latency['median_ms']:.3f} ms"
+            f"{verification.score:.4f} (Keras {verification.reference_score:.4f}"
+            + (f"; in MediaPipe {app['score']:.4f}" if "score" in app else "")
+            + f"), {latency['median_ms']:.3f} ms"
             + ("" if verification.passed else f"; FAILED: {verification.problem}"))
     card = model_card(target, run, cfg, models)
     out = run.export
@@ -209,6 +235,10 @@ def export_run(target: ExportTarget, run_dir: Path, cfg: ExportConfig, *, log=pr
     write_text(out / "labels.txt", "".join(f"{name}\n" for name in target.labels))
     write_json(out / "model_card.json", card)
     write_text(out / "export_report.md", export_report(card))
+    passed = {m.file_name: m.model_bytes for m in models if m.verification.passed}
+    if passed:
+        write_golden(out / GOLDEN_DIR, target.task, target.golden_images(), passed, list(target.labels),
+                     target.golden_outputs)
     failed = [m for m in models if not m.verification.passed]
     if failed:
         raise UserError("exported model failed verification against the Keras model on the test split ("

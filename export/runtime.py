@@ -26,6 +26,26 @@ from pipeline.preprocess import preprocess_image
 # Timed invocations for a latency figure (export's card, every tuning trial): enough for a stable
 # median of a sub-millisecond model on a busy CPU.
 LATENCY_RUNS = 100
+# CPU flags that decide int8 speed: dot-product instructions (VNNI on x86, dotprod on ARM).
+INT8_DOT_FLAGS = {"avx512_vnni": "AVX-512 VNNI", "avx_vnni": "AVX-VNNI", "asimddp": "ARM dotprod"}
+
+
+def cpu_description() -> str:
+    """"Intel(R) Xeon(R) ... (2 cores; int8 dot product: AVX-512 VNNI)": the CPU a latency was
+    measured on, and whether it has the instructions int8 kernels gain most from."""
+    name, flags = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("model name", "Hardware") and name == "unknown CPU":
+                name = value.strip()
+            elif key in ("flags", "Features"):
+                flags |= set(value.split())
+    except OSError:
+        pass
+    dot = [label for flag, label in INT8_DOT_FLAGS.items() if flag in flags]
+    return f"{name} ({os.cpu_count()} cores; int8 dot product: {', '.join(dot) if dot else 'none'})"
 KERNELS_ENV = "LITERT_KERNELS"
 KERNELS = {"auto": OpResolverType.AUTO, "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
            "reference": OpResolverType.BUILTIN_REF}
@@ -183,23 +203,33 @@ def measure_latency(model_bytes_or_path: bytes | str | Path, runs: int = LATENCY
                     warmup: int = 5) -> dict:
     """Time single-image inference on this CPU.
 
-    Returns {"median_ms", "p90_ms", "mean_ms", "min_ms", "runs", "threads"}; the
-    input is a fixed random image of the model's input dtype.
+    Returns {"median_ms", "p90_ms", "mean_ms", "min_ms", "runs", "threads", "pinned_cpu"}; the
+    input is a fixed random image of the model's input dtype. With one thread the process is pinned
+    to one core while it is timed (Linux; ``pinned_cpu`` None elsewhere), so the scheduler moving it
+    between cores does not add to the spread; the p90 beside the median records what spread is left.
     """
     model = TFLiteModel(model_bytes_or_path, threads=threads)
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, size=model.input["shape"]).astype(np.float32)
     interp = model.interpreter
     interp.set_tensor(model.input["index"], quantize(pixels, model.input))
-    for _ in range(warmup):
-        interp.invoke()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        interp.invoke()
-        times.append((time.perf_counter() - start) * 1000.0)
+    allowed = os.sched_getaffinity(0) if threads == 1 and hasattr(os, "sched_setaffinity") else None
+    pinned = max(allowed) if allowed else None  # the last core: the one least busy with the system's own work
+    if pinned is not None:
+        os.sched_setaffinity(0, {pinned})
+    try:
+        for _ in range(warmup):
+            interp.invoke()
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            interp.invoke()
+            times.append((time.perf_counter() - start) * 1000.0)
+    finally:
+        if pinned is not None:
+            os.sched_setaffinity(0, allowed)
     times = np.asarray(times)
     return {
-        "median_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90)),
+        "median_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90)), "pinned_cpu": pinned,
         "mean_ms": float(times.mean()), "min_ms": float(times.min()), "runs": int(runs), "threads": int(threads),
     }

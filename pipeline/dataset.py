@@ -4,13 +4,16 @@
         -> batch -> augment (train only, vectorised) -> prefetch
 
 Caching happens after resizing, when an example is smallest; in memory when
-the split fits the budget, otherwise in a file cache under ``cache_dir``.
+the split fits the budget, otherwise in a file cache under ``cache_dir``. A source that
+already holds the split's resized pixels (``Source.resized_examples``: folder: decoded them
+while checking its files) feeds them in directly: the first epoch decodes nothing.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 
 from pipeline.augment import AugmentConfig, augment_batch
@@ -27,16 +30,42 @@ class PipelineConfig:
     batch_size: int = 64
     shuffle_buffer: int = 10_000
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    memory_cache_budget: int = MEMORY_CACHE_BUDGET  # bytes; a larger split is cached in a file under cache_dir
 
 
 def cache_split(ds: tf.data.Dataset, source: Source, split: str, cfg: PipelineConfig, cache_dir: Path | None):
     """``ds`` (a split of decoded, resized images) cached after its first pass: in memory when the
-    split fits MEMORY_CACHE_BUDGET or there is no ``cache_dir``, else in a file under ``cache_dir``."""
+    split fits ``cfg.memory_cache_budget`` or there is no ``cache_dir``, else in a file under ``cache_dir``."""
     n = source.split_sizes.get(split, 0)  # never negative: sources count or refuse (sources.specs)
-    if n * cfg.image_size * cfg.image_size * 3 <= MEMORY_CACHE_BUDGET or cache_dir is None:
+    if n * cfg.image_size * cfg.image_size * 3 <= cfg.memory_cache_budget or cache_dir is None:
         return ds.cache()
     cache_dir.mkdir(parents=True, exist_ok=True)
     return ds.cache(str(cache_dir / f"{split}-{cfg.image_size}px"))
+
+
+def resized_split(source: Source, split: str, size: int) -> tf.data.Dataset:
+    """Schema examples with the image uint8 [size, size, 3] (``preprocess_image``): the source's
+    prepared pixels when it has them, else its examples resized in parallel."""
+    ds = source.resized_examples(split, size)
+    if ds is not None:
+        return ds
+
+    def resize(ex):
+        return {**ex, "image": preprocess_image(ex["image"], size)}
+
+    return source.examples(split).map(resize, num_parallel_calls=AUTOTUNE)
+
+
+def _batches_from_memory(images: np.ndarray, labels: np.ndarray, cfg: PipelineConfig, *, training: bool,
+                         seed: int) -> tf.data.Dataset:
+    """Batches of a split already resized in memory: the indices are shuffled (the same buffer and
+    seed as the cached path, so the same order), and each batch is gathered at once."""
+    images, labels = tf.constant(images), tf.constant(labels)
+    ds = tf.data.Dataset.range(int(labels.shape[0]))
+    if training:
+        ds = ds.shuffle(cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(cfg.batch_size)
+    return ds.map(lambda i: (to_model_input(tf.gather(images, i)), tf.gather(labels, i)), num_parallel_calls=AUTOTUNE)
 
 
 def classification_dataset(
@@ -54,13 +83,17 @@ def classification_dataset(
     deterministic given ``seed``. Evaluation batches keep the source order.
     """
     size = cfg.image_size
-    ds = source.examples(split)
-    ds = ds.map(lambda ex: (preprocess_image(ex["image"], size), ex["label"]), num_parallel_calls=AUTOTUNE)
-    ds = cache_split(ds, source, split, cfg, cache_dir)
-    if training:
-        ds = ds.shuffle(cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(cfg.batch_size, num_parallel_calls=AUTOTUNE)
-    ds = ds.map(lambda x, y: (to_model_input(x), y), num_parallel_calls=AUTOTUNE)
+    arrays = source.resized_arrays(split, size)
+    if arrays is not None:
+        ds = _batches_from_memory(*arrays, cfg, training=training, seed=seed)
+    else:
+        ds = resized_split(source, split, size)
+        ds = ds.map(lambda ex: (ex["image"], ex["label"]), num_parallel_calls=AUTOTUNE)
+        ds = cache_split(ds, source, split, cfg, cache_dir)
+        if training:
+            ds = ds.shuffle(cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        ds = ds.batch(cfg.batch_size, num_parallel_calls=AUTOTUNE)
+        ds = ds.map(lambda x, y: (to_model_input(x), y), num_parallel_calls=AUTOTUNE)
     if training and cfg.augment.enabled:
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         ds = tf.data.Dataset.zip(ds, seeds).map(

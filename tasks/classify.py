@@ -10,6 +10,7 @@ import numpy as np
 
 from common.errors import ConfigError, UserError
 from common.run_folder import RunFolder
+from export.app_score import classifier_accuracy
 from export.classifier_export import ClassifierExport
 from export.exporter import ExportConfig
 from export.runtime import TFLiteClassifier
@@ -119,7 +120,17 @@ class ClassifierTask(Task):
         metrics = classification_metrics(probs, y, labels)
         line = (f"{what} on {data} [{split}]: accuracy {metrics['accuracy']:.2%} over {metrics['examples']} images "
                 f"(log loss {metrics['loss']:.4f})")
-        return {"model": what, "data": data, "split": split, **metrics}, line
+        result = {"model": what, "data": data, "split": split, **metrics}
+        if model_path is not None and Path(model_path).suffix == ".tflite":
+            # the headline is what an app sees: MediaPipe Tasks on the images at their own size
+            app = classifier_accuracy(Path(model_path).read_bytes(), source, split, labels, progress="MediaPipe Tasks")
+            result["mediapipe"] = app
+            line = (f"{what} on {data} [{split}]: "
+                    + (f"accuracy {app['accuracy']:.2%} as an app sees it (MediaPipe Tasks); " if "score" in app
+                       else f"{app['error']}; ")
+                    + f"LiteRT with our preprocessing {metrics['accuracy']:.2%} over {metrics['examples']} images "
+                      f"(log loss {metrics['loss']:.4f})")
+        return result, line
 
     def predict(self, run_dir: Path | None, *, model_path: Path | None, image: Path, top_k: int) -> str:
         rows = predict_file(load_classifier(run_dir, model_path), image, top_k)

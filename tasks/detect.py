@@ -7,6 +7,7 @@ from pathlib import Path
 
 from common.errors import ConfigError, UserError
 from common.run_folder import RunFolder
+from export.app_score import detector_map
 from export.detector_export import DetectorExport
 from export.exporter import ExportConfig
 from export.runtime import TFLiteDetector
@@ -75,7 +76,10 @@ def evaluate_detection_run(run_dir: Path, *, model_path: Path | None = None, dat
         raise UserError(f"{model_path}: input {detector.image_size} px, but the run's model takes {cfg.image_size} px")
     batches = detection_eval_dataset(source, split, cfg.image_size, batch_size)
     metrics, _, _ = evaluate_detector(detector.detect_batch, batches, labels)
-    return {"model": str(model_path or run.model), "data": data, "split": split, **metrics}
+    result = {"model": str(model_path or run.model), "data": data, "split": split, **metrics}
+    if model_path is not None and Path(model_path).suffix == ".tflite":
+        result["mediapipe"] = detector_map(Path(model_path).read_bytes(), source, split, labels, progress="MediaPipe Tasks")
+    return result
 
 
 class DetectorTask(Task):
@@ -113,6 +117,13 @@ class DetectorTask(Task):
         result = evaluate_detection_run(run_dir, model_path=model_path, data=data, data_dir=data_dir, split=split)
         line = (f"{result['model']} on {result['data']} [{split}]: mAP@[.5:.95] {result['map']:.3f}, "
                 f"mAP@.5 {result['map50']:.3f} over {result['images']} images")
+        app = result.get("mediapipe")
+        if app is not None:  # the headline is what an app sees: MediaPipe Tasks on the images at their own size
+            line = (f"{result['model']} on {result['data']} [{split}]: "
+                    + (f"mAP@.5 {app['map50']:.3f}, mAP@[.5:.95] {app['map']:.3f} as an app sees it (MediaPipe Tasks); "
+                       if "score" in app else f"{app['error']}; ")
+                    + f"LiteRT with our preprocessing mAP@.5 {result['map50']:.3f}, mAP@[.5:.95] {result['map']:.3f} "
+                      f"over {result['images']} images")
         return result, line
 
     def predict(self, run_dir: Path | None, *, model_path: Path | None, image: Path, top_k: int) -> str:

@@ -1,8 +1,8 @@
 """`python cli.py tune ...`: the arguments, and the glue from them to ``tuning.search.tune``.
 
-    python cli.py tune --run RUN --task classify|detect --data SPEC --tuner bayesian|random|hyperband|grid
+    python cli.py tune --run RUN --task classify|detect --data SPEC --tuner hyperband|bayesian|random|grid
                        --trials N --seed S
-                       [--epochs E] [--max-size-kb K] [--max-latency-ms L] [--objective accuracy|score]
+                       [--steps S | --epochs E] [--trials-per-process K] [--max-size-kb K] [--max-latency-ms L] [--objective accuracy|score]
                        [--latency-weight W] [--space FILE] [--space-set KEY=V1,V2 ...] [--workers N]
 """
 from __future__ import annotations
@@ -17,7 +17,6 @@ from tuning.space import load_space
 from tuning.tunables import search_named
 
 _DEFAULTS = TuneConfig()
-MOBILENET_TUNE_SIZE = 96  # the smallest input MobileNetV2 has ImageNet weights for
 
 
 def add_tune_args(p: argparse.ArgumentParser) -> None:
@@ -26,17 +25,26 @@ def add_tune_args(p: argparse.ArgumentParser) -> None:
                    help="classify: search the CNN, rank by accuracy; detect: search the SSD, rank by mAP")
     p.add_argument("--data", default="shapes", help="shapes | tfds:NAME | folder:PATH | voc:PATH | coco:FILE.json")
     p.add_argument("--data-dir", type=Path, default=None, help="where tfds data is prepared (default ./data/tfds)")
-    p.add_argument("--tuner", choices=TUNERS, default=_DEFAULTS.tuner)
-    p.add_argument("--trials", type=int, default=_DEFAULTS.trials, help="trial budget (rerun with more to extend)")
+    p.add_argument("--tuner", choices=TUNERS, default=_DEFAULTS.tuner,
+                   help="hyperband (default: rungs of 1/9, 1/3 and all of the top rung), or bayesian, random, grid "
+                        "(every trial at the top rung)")
+    p.add_argument("--trials", type=int, default=None,
+                   help="trial budget, trial 0 (the default model) included; default 14 for hyperband (trial 0 and "
+                        "one bracket), 6 for the others; rerun with more to extend")
     p.add_argument("--seed", type=int, default=_DEFAULTS.seed)
-    p.add_argument("--epochs", type=int, default=_DEFAULTS.epochs, help="epochs per trial (Hyperband: the most)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="the top rung in optimizer steps (default: `make train`'s budget for the trials' data)")
+    p.add_argument("--epochs", type=int, default=None, help="the top rung in passes over the trials' data")
+    p.add_argument("--trials-per-process", type=int, default=None,
+                   help="trials a fresh process runs before the next takes over (default 4 classify, 1 detect)")
     p.add_argument("--final-epochs", type=int, default=_DEFAULTS.final_epochs,
                    help="epochs for retraining the best configuration on all the data "
                         "(default: as `make train` on this data)")
     p.add_argument("--trial-train-examples", type=int, default=None,
                    help="train images per trial (0: all; default 3000 classify, 1000 detect); the retrain uses all")
     p.add_argument("--image-size", type=int, default=None,
-                   help="classifier input side (default 64; MobileNetV2 96 px); the detector's input size is searched")
+                   help="classifier input side (default: as `make train` chooses it from the data); the detector's "
+                        "input size is searched")
     p.add_argument("--model", choices=("cnn", "mobilenetv2"), default=None,
                    help="the classifier searched: cnn (default) or mobilenetv2")
     p.add_argument("--weights", default=None, help="MODEL=mobilenetv2: imagenet (default) | none | PATH")
@@ -67,9 +75,10 @@ def config_from_args(args) -> TuneConfig:
     model = None if args.model in (None, "cnn") else args.model
     if model is None and args.weights is not None:
         raise ConfigError("WEIGHTS= is MobileNetV2's (MODEL=mobilenetv2)")
-    image_size = args.image_size or (MOBILENET_TUNE_SIZE if model else _DEFAULTS.image_size)
     return TuneConfig(data=args.data, task=args.task, tuner=args.tuner, trials=args.trials, epochs=args.epochs,
-                      seed=args.seed, image_size=image_size, model=model, weights=args.weights or _DEFAULTS.weights,
+                      steps=args.steps, trials_per_process=args.trials_per_process,
+                      seed=args.seed, image_size=args.image_size, model=model,
+                      weights=args.weights or _DEFAULTS.weights,
                       batch_size=args.batch_size,
                       trial_train_examples=args.trial_train_examples, final_epochs=args.final_epochs,
                       latency_runs=args.latency_runs, space=load_space(args.space, args.space_set, search_named(args.task, model).space_type),

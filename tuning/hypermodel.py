@@ -6,7 +6,12 @@
 
 ``fit`` follows Keras Tuner's contract (the tuner's callbacks arrive in
 ``**kwargs`` and go on to ``model.fit``) and returns a metrics dict, which the
-oracle stores with the trial, in RUN/tuning/project/trial_*/trial.json:
+oracle stores with the trial, in RUN/tuning/project/trial_*/trial.json. A trial trains in units of
+``fidelity.unit_steps`` optimizer steps (tuning.fidelity), its learning rate warmed up and decayed
+over the steps it trains; a loss that becomes NaN fails the trial (keras_tuner.errors.FailedTrialError),
+and the search goes on.
+
+    steps            optimizer steps the configuration has trained (Hyperband: all its rungs so far)
 
     val_accuracy     classifier: best validation accuracy over the trial's epochs (float model)
     val_map          detector: COCO mAP@[.5:.95] of the validation split after the trial's
@@ -29,6 +34,7 @@ from dataclasses import dataclass
 import keras
 import keras_tuner
 import psutil
+from keras_tuner.errors import FailedTrialError
 
 from export.convert import convert_keras
 from export.detector_convert import PostProcess, convert_detector
@@ -37,7 +43,9 @@ from models.cnn import build_cnn
 from models.mobilenet import MobileNetConfig, build_mobilenet_classifier
 from pipeline.detection_dataset import detection_dataset, detection_eval_dataset
 from pipeline.evaluation.coco_eval import evaluate_detector
+from pipeline.training.budget import warmup_cosine
 from pipeline.training.detector import build_detector, compile_detector, keras_detect_fn
+from tuning.fidelity import Fidelity
 from tuning.objective import ObjectiveConfig, objective_value
 from tuning.space import MobileNetSearchSpace, SearchSpace, sample_cnn_config, sample_mobilenet_config
 
@@ -58,6 +66,23 @@ def calibration_images(dataset, count: int = TRIAL_CALIBRATION_IMAGES):
     return (images.numpy() for images in dataset.unbatch().take(count).map(lambda x, y: x).batch(1))
 
 
+def fit_steps(model, fidelity: Fidelity, *args, **kwargs):
+    """``model.fit`` in units of ``fidelity.unit_steps`` steps; FailedTrialError when the loss is not finite."""
+    callbacks = list(kwargs.pop("callbacks", [])) + [keras.callbacks.TerminateOnNaN()]
+    history = model.fit(*args, steps_per_epoch=fidelity.unit_steps, callbacks=callbacks,
+                        **{"shuffle": False, **kwargs})  # our datasets shuffle themselves
+    losses = history.history.get("loss", [])
+    if not losses or not all(math.isfinite(v) for v in losses):
+        raise FailedTrialError(f"the training loss became {losses[-1] if losses else 'undefined'}: this "
+                               f"configuration diverges (learning rate too high for it?)")
+    return history
+
+
+def trained_steps(hp, fidelity: Fidelity) -> float:
+    """Steps the configuration has trained when this run of the trial ends (all its rungs)."""
+    return float(fidelity.steps(int(hp.values.get("tuner/epochs", fidelity.units))))
+
+
 def measure_int8(model, calibration, *, latency_runs: int = LATENCY_RUNS) -> Int8Measurement:
     """Convert ``model`` to int8 TFLite with the export package and time it on this CPU."""
     model_bytes = convert_keras(model, "int8", calibration)
@@ -69,9 +94,10 @@ class CNNHyperModel(keras_tuner.HyperModel):
     """build(hp) -> build_cnn(sample_cnn_config(hp)); fit() trains, converts and measures."""
 
     def __init__(self, space: SearchSpace, *, num_classes: int, input_size: int, objective: ObjectiveConfig,
-                 latency_runs: int = LATENCY_RUNS, name: str = "cnn"):
+                 fidelity: Fidelity, latency_runs: int = LATENCY_RUNS, name: str = "cnn"):
         super().__init__(name=name)
         self.space = space
+        self.fidelity = fidelity
         self.num_classes = num_classes
         self.input_size = input_size
         self.objective = objective
@@ -84,18 +110,20 @@ class CNNHyperModel(keras_tuner.HyperModel):
 
     def build(self, hp):
         model, learning_rate = self.network(hp)
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
+        schedule = warmup_cosine(learning_rate, self.fidelity.trial_steps(hp.values))
+        model.compile(optimizer=keras.optimizers.Adam(schedule), loss="sparse_categorical_crossentropy",
                       metrics=["accuracy"])
         return model
 
     def fit(self, hp, model, *args, **kwargs):
         start = time.perf_counter()
-        history = model.fit(*args, **{"shuffle": False, **kwargs})  # our datasets shuffle themselves
+        history = fit_steps(model, self.fidelity, *args, **kwargs)
         val_accuracy = float(max(history.history["val_accuracy"]))
         measured = measure_int8(model, calibration_images(kwargs["validation_data"]),
                                 latency_runs=self.latency_runs)
         return {
             "val_accuracy": val_accuracy,
+            "steps": trained_steps(hp, self.fidelity),
             "params": float(model.count_params()),
             "int8_bytes": float(measured.size_bytes),
             "latency_ms": measured.median_ms,
@@ -127,10 +155,11 @@ class SSDHyperModel(keras_tuner.HyperModel):
     ``val_source`` the full source whose validation split scores them.
     """
 
-    def __init__(self, tune_cfg, *, train_source, val_source, trial_config):
+    def __init__(self, tune_cfg, *, train_source, val_source, trial_config, fidelity: Fidelity):
         """trial_config: hp -> the trial's DetectTrainConfig (tuning.tunables.DetectorSearch.trial_config)."""
         super().__init__(name="ssd")
         self.tune_cfg = tune_cfg
+        self.fidelity = fidelity
         self.train_source = train_source
         self.val_source = val_source
         self.label_names = list(val_source.label_names)
@@ -138,15 +167,15 @@ class SSDHyperModel(keras_tuner.HyperModel):
 
     def build(self, hp):
         cfg = self.trial_config(hp)
-        steps = max(1, math.ceil(self.train_source.split_sizes["train"] / cfg.batch_size))
-        return compile_detector(build_detector(cfg, len(self.label_names)), cfg, steps * (cfg.epochs or 1))
+        return compile_detector(build_detector(cfg, len(self.label_names)), cfg, self.fidelity.trial_steps(hp.values))
 
     def fit(self, hp, model, *args, **kwargs):
         start = time.perf_counter()
         cfg = self.trial_config(hp)
         anchors = cfg.ssd.anchors
-        train = detection_dataset(self.train_source, "train", anchors, cfg.pipeline(), training=True, seed=cfg.seed)
-        model.fit(train, *args, **{"shuffle": False, **kwargs})
+        train = detection_dataset(self.train_source, "train", anchors, cfg.pipeline(), training=True,
+                                  seed=cfg.seed).repeat()
+        fit_steps(model, self.fidelity, train, *args, **kwargs)
         val = detection_eval_dataset(self.val_source, "validation", anchors.input_size, cfg.batch_size)
         scores, _, _ = evaluate_detector(keras_detect_fn(model, cfg), val, self.label_names)
         calibration = [b["image"].numpy() for b in val.unbatch().batch(1).take(TRIAL_CALIBRATION_IMAGES)]
@@ -159,6 +188,7 @@ class SSDHyperModel(keras_tuner.HyperModel):
         return {
             "val_map": float(scores["map"]),
             "val_map50": float(scores["map50"]),
+            "steps": trained_steps(hp, self.fidelity),
             "params": float(model.count_params()),
             "int8_bytes": float(len(model_bytes)),
             "latency_ms": float(latency["median_ms"]),

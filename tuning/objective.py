@@ -139,6 +139,7 @@ class TrialRecord:
     """One trial as the report sees it. Measurements are None for a trial that did not finish.
 
     quality: the trial's validation accuracy or mAP (ObjectiveConfig.quality says which).
+    steps: optimizer steps the configuration trained (tuning.fidelity); message: why a trial failed.
     """
 
     trial_id: str
@@ -151,10 +152,40 @@ class TrialRecord:
     latency_p90_ms: float | None = None
     wall_seconds: float | None = None
     objective: float | None = None
+    steps: int | None = None
+    message: str | None = None
 
     @property
     def measured(self) -> bool:
         return self.status == "COMPLETED" and None not in (self.quality, self.int8_bytes, self.latency_ms)
+
+
+def top_rung(records: list[TrialRecord], top_steps: int) -> list[TrialRecord]:
+    """The trials trained as long as `make train` trains: the only ones that compete to be shipped
+    (a lower rung's score ranks configurations for promotion, not models)."""
+    return [r for r in records if r.steps is not None and r.steps >= top_steps]
+
+
+def contenders(records: list[TrialRecord], cfg: ObjectiveConfig, top_steps: int) -> list[TrialRecord]:
+    """The trials that compete to be shipped: the top rung's. When none of them meets the constraints
+    (the few configurations promoted that far were too slow or too big), the highest rung that has a
+    trial that does: its best is then retrained with the full budget, as any winner is."""
+    top = top_rung(records, top_steps)
+    if any(feasible(r, cfg.constraints) for r in top):
+        return top
+    for steps in sorted({r.steps for r in records if r.steps is not None and r.steps < top_steps}, reverse=True):
+        rung = [r for r in records if r.steps == steps]
+        if any(feasible(r, cfg.constraints) for r in rung):
+            return rung
+    return top
+
+
+def default_record(records: list[TrialRecord], default_values: dict | None, top_steps: int) -> TrialRecord | None:
+    """The default configuration's top-rung trial (trial 0 of a search that holds the default)."""
+    if default_values is None:
+        return None
+    return next((r for r in top_rung(records, top_steps)
+                 if all(r.hyperparameters.get(k) == v for k, v in default_values.items())), None)
 
 
 def feasible(record: TrialRecord, constraints: Constraints) -> bool:
@@ -211,7 +242,7 @@ def explain_best(records: list[TrialRecord], cfg: ObjectiveConfig) -> str:
     excluded = [r for r in measured if not feasible(r, c)]
     better_but_infeasible = [r for r in excluded if r.quality > best.quality]
     for r in sorted(better_but_infeasible, key=lambda r: -r.quality):
-        broken = ", ".join(_describe_violation(name, r, c) for name in c.violations(r.int8_bytes, r.latency_ms))
+        broken = ", ".join(describe_violation(name, r, c) for name in c.violations(r.int8_bytes, r.latency_ms))
         lines.append(f"Trial {r.trial_id} was better ({q.format(r.quality)}) but is not shippable: {broken}.")
     if excluded and not better_but_infeasible:
         lines.append(f"{len(excluded)} trial(s) broke a constraint; none of them was better.")
@@ -228,7 +259,7 @@ def explain_best(records: list[TrialRecord], cfg: ObjectiveConfig) -> str:
     return " ".join(lines)
 
 
-def _describe_violation(name: str, r: TrialRecord, c: Constraints) -> str:
+def describe_violation(name: str, r: TrialRecord, c: Constraints) -> str:
     if name == "max_size_kb":
         return f"{r.int8_bytes / 1024:.1f} KB > MAX_SIZE_KB={c.max_size_kb:g}"
     return f"{r.latency_ms:.3f} ms > MAX_LATENCY_MS={c.max_latency_ms:g}"

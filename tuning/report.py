@@ -9,23 +9,88 @@ from __future__ import annotations
 import csv
 import io
 import os
-import platform
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hp_api
 
 from common.run_folder import write_json, write_text
+from export.runtime import cpu_description
 from pipeline.evaluation.report import plt, save_figure
-from tuning.objective import (ACCURACY, ObjectiveConfig, Quality, TrialRecord, choose_best, explain_best, feasible,
-                              objective_value, pareto_front)
+from tuning.objective import (ACCURACY, ObjectiveConfig, Quality, TrialRecord, choose_best, contenders, explain_best,
+                              feasible, objective_value, pareto_front)
+from tuning.objective import describe_violation as _describe_violation
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The default model (trial 0) and the shipped one, side by side: the report's opening.
+
+    default_test: the default's test figure (trial 0's weights; the retrained model's when the default
+    won); None when it could not be measured. best_test: the retrained shipped model's."""
+
+    default: TrialRecord
+    best: TrialRecord
+    default_test: float | None
+    best_test: float
+
+    @property
+    def default_wins(self) -> bool:
+        return self.best is self.default
+
+    def headline(self, cfg: ObjectiveConfig) -> str:
+        """The report's first line: who won, and never a model worse than the default unsaid."""
+        q = cfg.quality
+        if self.default_wins:
+            return (f"**The default wins.** No trial beat `make train`'s model on {cfg.describe()} "
+                    f"within the constraints ({cfg.constraints.describe()}); the default is what was retrained "
+                    f"and ships.")
+        worse = self.default_test is not None and self.best_test < self.default_test
+        if not feasible(self.default, cfg.constraints):
+            broken = ", ".join(_describe_violation(name, self.default, cfg.constraints)
+                               for name in cfg.constraints.violations(self.default.int8_bytes,
+                                                                      self.default.latency_ms))
+            tests = "" if self.default_test is None else (
+                f": {q.test_label} {q.format(self.best_test)} vs the default's {q.format(self.default_test)}"
+                + (f", **{100 * (self.default_test - self.best_test):.2f} points worse than the default**"
+                   if worse and q.percent else ", **worse than the default**" if worse else ""))
+            return (f"**The default breaks the constraints** ({broken}); trial {self.best.trial_id} is the best "
+                    f"model that meets them{tests}.")
+        if worse:
+            return (f"**Warning: the shipped model is worse than the default on the test split** "
+                    f"({q.format(self.best_test)} vs {q.format(self.default_test)}). Trial {self.best.trial_id} "
+                    f"beat the default on {q.label}, which did not carry over to the test split; "
+                    "`make train` gives the better model.")
+        return (f"**Trial {self.best.trial_id} beats the default** ({q.label} {q.format(self.best.quality)} vs "
+                f"{q.format(self.default.quality)}" + (f"; test {q.format(self.best_test)} vs "
+                                                      f"{q.format(self.default_test)}" if self.default_test
+                                                      is not None else "") + ").")
+
+    def table(self, cfg: ObjectiveConfig) -> str:
+        q = cfg.quality
+
+        def row(label, fmt):
+            return [label, fmt(self.default), fmt(self.best)]
+
+        tests = {id(self.default): self.default_test, id(self.best): self.best_test}
+        rows = [
+            row("trial", lambda r: r.trial_id),
+            row(q.label, lambda r: q.format(r.quality)),
+            row(q.test_label, lambda r: "-" if tests[id(r)] is None else q.format(tests[id(r)])),
+            row("int8 size", lambda r: f"{r.int8_bytes / 1024:.1f} KB"),
+            row("int8 latency (median, p90)", lambda r: f"{r.latency_ms:.3f} ms ({r.latency_p90_ms:.3f})"),
+            row("parameters", lambda r: f"{r.params:,}"),
+            row("meets the constraints", lambda r: "yes" if feasible(r, cfg.constraints) else "no"),
+        ]
+        return _table(["", "default (`make train`)", "shipped"], rows)
 
 
 def metric_columns(quality: Quality = ACCURACY) -> tuple[str, ...]:
     """trials.csv's measurement columns; the quality column is val_accuracy or val_map."""
-    return ("trial_id", "status", "feasible", "objective", quality.metric, "params", "int8_bytes",
+    return ("trial_id", "status", "steps", "feasible", "objective", quality.metric, "params", "int8_bytes",
             "latency_ms", "latency_p90_ms", "wall_seconds")
 
 
@@ -65,24 +130,32 @@ def _fmt(value) -> str:
 
 
 def trials_csv(records: list[TrialRecord], cfg: ObjectiveConfig, space) -> str:
-    """One row per trial; a hyperparameter a trial does not use (an absent block) is left empty."""
+    """One row per trial; a hyperparameter a trial does not use (an absent block) is left empty; the last
+    column says why a trial failed."""
     hps = hyperparameter_names(records, space)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(list(metric_columns(cfg.quality)) + hps)
+    writer.writerow(list(metric_columns(cfg.quality)) + hps + ["message"])
     for r in records:
-        row = [r.trial_id, r.status, int(feasible(r, cfg.constraints)) if r.measured else "", _objective(cfg, r),
-               r.quality, r.params, r.int8_bytes, r.latency_ms, r.latency_p90_ms, r.wall_seconds]
-        writer.writerow([_fmt(v) for v in row] + [_fmt(r.hyperparameters.get(k)) for k in hps])
+        row = [r.trial_id, r.status, r.steps, int(feasible(r, cfg.constraints)) if r.measured else "",
+               _objective(cfg, r), r.quality, r.params, r.int8_bytes, r.latency_ms, r.latency_p90_ms, r.wall_seconds]
+        writer.writerow([_fmt(v) for v in row] + [_fmt(r.hyperparameters.get(k)) for k in hps] + [_fmt(r.message)])
     return out.getvalue()
 
 
-def best_summary(records: list[TrialRecord], tune_cfg, final: dict | None) -> dict:
-    """best_hyperparameters.json: the trial to ship, its model config, its measurements, and why."""
+def best_summary(records: list[TrialRecord], tune_cfg, final: dict | None,
+                 comparison: Comparison | None = None) -> dict:
+    """best_hyperparameters.json: the trial to ship, its model config, its measurements, and why.
+    Only top-rung trials compete (tuning.fidelity)."""
     cfg = tune_cfg.objective
-    best = choose_best(records, cfg)
+    competing = contenders(records, cfg, tune_cfg.fidelity.full_steps)
+    best = choose_best(competing, cfg)
+    why = explain_best(competing, cfg)
+    if best is not None and best.steps is not None and best.steps < tune_cfg.fidelity.full_steps:
+        why += (f" No trial at the top rung ({tune_cfg.fidelity.full_steps:,} steps) meets the constraints, so it was "
+                f"chosen among the {best.steps:,}-step trials and retrained with the full budget.")
     summary = {"objective": cfg.describe(), "constraints": cfg.constraints.describe(),
-               "why": explain_best(records, cfg), "trial_id": None}
+               "why": why, "trial_id": None}
     if best is None:
         return summary
     train_cfg = tune_cfg.train_config(best.hyperparameters)
@@ -99,19 +172,25 @@ def best_summary(records: list[TrialRecord], tune_cfg, final: dict | None) -> di
         "latency_ms": best.latency_ms,
         "latency_p90_ms": best.latency_p90_ms,
         "objective_value": _objective(cfg, best),
-        "retrained": None if final is None else {"epochs": train_cfg.epochs, **search.retrained_summary(final)},
+        "steps": best.steps,
+        "retrained": None if final is None else {"steps": final.get("steps"), **search.retrained_summary(final)},
     })
+    if comparison is not None:
+        summary["default"] = {"trial_id": comparison.default.trial_id, "default_wins": comparison.default_wins,
+                              q.metric: comparison.default.quality, "test": comparison.default_test,
+                              "int8_bytes": comparison.default.int8_bytes,
+                              "latency_ms": comparison.default.latency_ms, "params": comparison.default.params}
     return summary
 
 
 # --- plots -------------------------------------------------------------------------------------------
 
-def _plots(records: list[TrialRecord], cfg: ObjectiveConfig, space, plots: Path) -> None:
+def _plots(records: list[TrialRecord], cfg: ObjectiveConfig, space, plots: Path, top_steps: int) -> None:
     plots.mkdir(parents=True, exist_ok=True)
     q = cfg.quality
     names = plot_names(q)
     measured = [r for r in records if r.measured]
-    best = choose_best(records, cfg)
+    best = choose_best(contenders(records, cfg, top_steps), cfg)
 
     fig, ax = plt.subplots(figsize=(7, 3.8))
     xs = [i for i, r in enumerate(records) if r.measured]
@@ -223,7 +302,8 @@ def _table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def _markdown(records, tune_cfg, summary: dict, source, final: dict | None, folder) -> str:
+def _markdown(records, tune_cfg, summary: dict, source, final: dict | None, folder,
+              comparison: Comparison | None) -> str:
     cfg = tune_cfg.objective
     q = cfg.quality
     measured = [r for r in records if r.measured]
@@ -231,13 +311,20 @@ def _markdown(records, tune_cfg, summary: dict, source, final: dict | None, fold
     best_id = summary["trial_id"]
     run_root = folder.root.parent
     parts = [f"# Tuning report: {tune_cfg.data}", ""]
+    if comparison is not None:
+        parts += [comparison.headline(cfg), "", comparison.table(cfg), ""]
+    elif final is not None:
+        parts += ["The default configuration is not in the searched space (SPACE= / SPACE_SET=), so this "
+                  "search cannot say whether it beats `make train`.", ""]
     if best_id is None:
         parts += ["**No model to ship.** " + summary["why"], ""]
     else:
         parts += [f"**Ship trial {best_id}.** " + summary["why"], ""]
         if final is not None:
-            parts += [f"Retrained on the full train split for {summary['retrained']['epochs']} epochs into "
-                      f"`{run_root}`: **{q.test_label} {q.format(final['test'][q.test_key])}** "
+            steps = summary["retrained"].get("steps")
+            parts += ["Retrained on the full train split" + (f" for {steps:,} steps" if steps else "")
+                      + f" with `make train`'s recipe into `{run_root}`: "
+                      f"**{q.test_label} {q.format(final['test'][q.test_key])}** "
                       f"(`make export RUN={run_root}` next).", ""]
         else:
             parts += [f"Retraining into `{run_root}` has not finished yet; rerun the same command.", ""]
@@ -253,29 +340,34 @@ def _markdown(records, tune_cfg, summary: dict, source, final: dict | None, fold
         _table(["setting", "value"], [
             ["data", f"{tune_cfg.data} ({', '.join(f'{k} {v}' for k, v in source.split_sizes.items())} images)"],
             ["tuner", f"{tune_cfg.tuner} (Keras Tuner), seed {tune_cfg.seed}"],
-            ["trials", f"{len(records)} run, {done} completed, budget {tune_cfg.trials}"],
-            ["per trial", f"{tune_cfg.epochs} epoch(s) on {trial_images} train images, "
+            ["trials", f"{len(records)} run, {done} completed, budget {tune_cfg.trials}; trial 0 is the default; "
+                       f"{tune_cfg.trials_per_process} per process"],
+            ["per trial", f"{tune_cfg.fidelity.describe(tune_cfg.tuner)} on {trial_images} train images "
+                          f"(only top-rung trials, {tune_cfg.fidelity.full_steps:,} steps, can be shipped), "
                           + ("input size searched" if "input_size" in tune_cfg.space.to_dict()
                              else f"{tune_cfg.image_size}px")
                           + f", batch {tune_cfg.batch_size}{tune_cfg.search.per_trial}"],
             ["objective", cfg.describe()],
             ["constraints", cfg.constraints.describe()],
             ["measurement", "int8 .tflite as `make export` writes it" + tune_cfg.search.measurement
-                            + f"; median of {tune_cfg.latency_runs} runs, 1 thread, "
-                            f"ai-edge-litert on this machine ({platform.machine()}, {os.cpu_count()} cores)"],
+                            + f"; median of {tune_cfg.latency_runs} runs after 5 warm-up runs, 1 thread, "
+                            f"ai-edge-litert, on {cpu_description()}"],
         ]),
         "",
-        f"A trial's {q.label} (float model, short training on fewer images) ranks configurations; "
-        f"the retrained model's {q.test_label} is the number to quote. Latency was measured "
-        "on a CPU that other work may share, so compare trials to each other rather than to a phone.",
+        f"A trial's {q.label} (float model) ranks configurations; the retrained model's {q.test_label} is "
+        "the number to quote. Latency was measured on a CPU that other work may share, so compare trials "
+        "to each other rather than to a phone; int8 speed depends on the CPU's int8 dot-product "
+        "instructions (VNNI on x86, dotprod on ARM), which most phones have.",
         "",
         f"## Search space (as searched: {tune_cfg.space.num_configurations():,} configurations)", "",
         _table(["hyperparameter", "kind", "values"], [list(row) for row in tune_cfg.space.describe()]),
         "",
         "## Trials", "",
-        _table(["trial", "status", "feasible", cfg.kind, q.short, "params", "int8 KB", "latency ms (p90)",
+        _table(["trial", "status", "steps", "feasible", cfg.kind, q.short, "params", "int8 KB", "latency ms (p90)",
                 "wall s"] + hps,
-               [[f"**{r.trial_id}**" if r.trial_id == best_id else r.trial_id, r.status,
+               [[f"**{r.trial_id}**" if r.trial_id == best_id else r.trial_id,
+                 r.status + (f": {r.message}" if r.message and r.status != "COMPLETED" else ""),
+                 f"{r.steps:,}" if r.steps is not None else "-",
                  ("yes" if feasible(r, cfg.constraints) else "no") if r.measured else "-",
                  f"{_objective(cfg, r):.4f}" if r.measured else "-",
                  q.format(r.quality) if r.quality is not None else "-",
@@ -303,12 +395,13 @@ def _markdown(records, tune_cfg, summary: dict, source, final: dict | None, fold
     return "\n".join(parts)
 
 
-def write_report(folder, tune_cfg, records: list[TrialRecord], *, source, final: dict | None) -> None:
+def write_report(folder, tune_cfg, records: list[TrialRecord], *, source, final: dict | None,
+                 comparison: Comparison | None = None) -> None:
     """Write every report file into ``folder`` (a search.TuningFolder)."""
     cfg = tune_cfg.objective
-    summary = best_summary(records, tune_cfg, final)
+    summary = best_summary(records, tune_cfg, final, comparison)
     write_text(folder.trials_csv, trials_csv(records, cfg, tune_cfg.space))
     write_json(folder.best, summary)
-    _plots(records, cfg, tune_cfg.space, folder.plots)
+    _plots(records, cfg, tune_cfg.space, folder.plots, tune_cfg.fidelity.full_steps)
     write_hparams_logs(records, cfg, tune_cfg.space, folder.tensorboard)
-    write_text(folder.report, _markdown(records, tune_cfg, summary, source, final, folder))
+    write_text(folder.report, _markdown(records, tune_cfg, summary, source, final, folder, comparison))

@@ -11,6 +11,10 @@ Each holds two kinds of entries:
     ranges   (min, max), inclusive, for counts: conv_blocks, dense_layers
     choices  a tuple of allowed values, the first is the default (Grid starts there)
 
+Every default space holds the model `make train` builds, and that model is trial 0 of every search
+(``SearchSpace.values_of``, ``ChoiceSpace.default_values``), so a search always measures what it
+has to beat.
+
 Defaults are small on purpose: on-device models, and a search that finishes on
 a laptop CPU. A YAML or JSON file (``SPACE=file``) or ``KEY=V1,V2`` overrides
 (``SPACE_SET=``) narrow or widen any entry; unknown keys are errors.
@@ -57,8 +61,8 @@ class SearchSpace:
     pool_stride: tuple[int, ...] = (2, 3)
     dense_layers: tuple[int, int] = (0, 1)
     hidden_units: tuple[int, ...] = (32, 64, 128)
-    dropout: tuple[float, ...] = (0.0, 0.2, 0.4)
-    learning_rate: tuple[float, ...] = (1e-3, 3e-3, 3e-4)
+    dropout: tuple[float, ...] = (0.3, 0.0, 0.5)
+    learning_rate: tuple[float, ...] = (2e-3, 1e-3, 5e-3, 5e-4)
 
     def __post_init__(self):
         for name in RANGES:
@@ -113,6 +117,19 @@ class SearchSpace:
                 f"pool_stride {max(self.pool_stride)} shrink a {input_size}px image to nothing; "
                 f"lower conv_blocks' max, the pooling choices, or raise the image size"
             )
+
+    def values_of(self, cnn: CNNConfig, learning_rate: float) -> dict | None:
+        """The hyperparameter values of ``cnn`` trained at ``learning_rate`` (the product default, for
+        trial 0), as ``sample_cnn_config`` reads them; None when the space does not hold that model."""
+        values = {"conv_blocks": len(cnn.filters)}
+        values.update({filters_name(i + 1): f for i, f in enumerate(cnn.filters)})
+        values.update(kernel_size=cnn.kernel_size, pool_size=cnn.pool_size, pool_stride=cnn.pool_stride,
+                      dense_layers=len(cnn.hidden_units))
+        values.update({units_name(j + 1): u for j, u in enumerate(cnn.hidden_units)})
+        values.update(dropout=cnn.dropout, learning_rate=learning_rate)
+        domains = self.hyperparameters()
+        inside = all(v in domains[k] for k, v in values.items())
+        return values if inside else None
 
     def num_configurations(self) -> int:
         """How many distinct models the space holds (the size of a full grid search)."""
@@ -315,6 +332,10 @@ class ChoiceSpace:
     def hyperparameters(self) -> dict[str, tuple]:
         """Every hyperparameter Keras Tuner sees, in declaration order, with its possible values."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def default_values(self) -> dict:
+        """The first value of every entry: the product default (trial 0)."""
+        return {f.name: getattr(self, f.name)[0] for f in fields(self)}
 
     def describe(self) -> list[tuple[str, str, str]]:
         return [(f.name, "choice", ", ".join(v if isinstance(v, str) else f"{v:g}" for v in getattr(self, f.name)))

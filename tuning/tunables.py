@@ -10,15 +10,21 @@ the object (a resumed search, a worker process).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+
 import keras_tuner
 
 from common.errors import ConfigError, UserError
+from models.cnn import CNNConfig
 from models.mobilenet import MobileNetConfig, valid_input_size
 from models.presets import default_ssd
 from pipeline.dataset import classification_dataset
+from pipeline.detection_dataset import detection_eval_dataset
+from pipeline.evaluation.coco_eval import evaluate_detector
 from pipeline.sources.schema import Source
+from pipeline.training.budget import CLASSIFIER_RULE, DETECTOR_RULE, BudgetRule
 from pipeline.training.classifier import TrainConfig, train_classifier
-from pipeline.training.detector import DetectTrainConfig, train_detector
+from pipeline.training.detector import DetectTrainConfig, build_detector, keras_detect_fn, train_detector
+from pipeline.training.recipe import classifier_image_size, profile_source
 from tuning.hypermodel import CNNHyperModel, MobileNetHyperModel, SSDHyperModel
 from tuning.objective import ACCURACY, MAP, Quality
 from tuning.space import (MobileNetSearchSpace, SearchSpace, SSDSearchSpace, sample_cnn_config, sample_mobilenet_config,
@@ -42,8 +48,10 @@ class TaskSearch(ABC):
     key: str                   # name[-model]: what SEARCHES is keyed by
     quality: Quality           # what ranks trials
     space_type: type           # SearchSpace or SSDSearchSpace
+    rule: BudgetRule           # `make train`'s step budget for the task: the top rung (tuning.fidelity)
     batch_size: int            # as `make train` uses
-    trial_train_examples: int  # train images per trial by default
+    trial_train_examples: int  # train images per trial by default (the users' few thousand: all of them)
+    trials_per_process: int    # trials a fresh process runs before the next one takes over
     per_trial: str             # the report's words on what a trial sees beyond epochs and images
     measurement: str           # the report's words on what is measured
 
@@ -51,6 +59,23 @@ class TaskSearch(ABC):
     def train_config(self, cfg: TuneConfig, hyperparameters: dict, *, epochs: int | None = None):
         """The `make train` config of a trial's hyperparameters. epochs None: the retrain on the
         full data (final_epochs, or `make train`'s step budget for this data)."""
+
+    @abstractmethod
+    def default_values(self, cfg: TuneConfig) -> dict | None:
+        """The hyperparameter values of the model `make train` builds (trial 0); None when the
+        searched space does not hold it."""
+
+    @abstractmethod
+    def resolve(self, cfg: TuneConfig, source: Source) -> dict:
+        """What this task chooses from the data before the search (TuneConfig fields to replace)."""
+
+    @abstractmethod
+    def trial_model(self, cfg: TuneConfig, hyperparameters: dict, num_classes: int):
+        """A trial's model as its hypermodel builds it (uncompiled), ready for its checkpoint's weights."""
+
+    @abstractmethod
+    def test_quality(self, cfg: TuneConfig, model, hyperparameters: dict, source: Source) -> float:
+        """A trial's model scored on the test split, as the retrained model is (metrics.json's test_key)."""
 
     @abstractmethod
     def check(self, cfg: TuneConfig, source: Source) -> None:
@@ -79,8 +104,10 @@ class ClassifierSearch(TaskSearch):
     model = "cnn"
     quality = ACCURACY
     space_type = SearchSpace
+    rule = CLASSIFIER_RULE
     batch_size = 64
-    trial_train_examples = 3000
+    trial_train_examples = 10000
+    trials_per_process = 4
     per_trial = ""
     measurement = ""
 
@@ -90,19 +117,40 @@ class ClassifierSearch(TaskSearch):
                            epochs=epochs or cfg.final_epochs,
                            learning_rate=learning_rate, seed=cfg.seed, cnn=cnn)
 
+    def default_values(self, cfg: TuneConfig) -> dict | None:
+        return cfg.space.values_of(CNNConfig(), TrainConfig().learning_rate)
+
+    def resolve(self, cfg: TuneConfig, source: Source) -> dict:
+        if cfg.image_size is not None:
+            return {}
+        size, _ = classifier_image_size(profile_source(source), model=self.model)  # as `make train` chooses
+        return {"image_size": size}
+
+    def trial_model(self, cfg: TuneConfig, hyperparameters: dict, num_classes: int):
+        model, _ = self.hypermodel(cfg, num_classes).network(_hyperparameters(hyperparameters))
+        return model
+
+    def test_quality(self, cfg: TuneConfig, model, hyperparameters: dict, source: Source) -> float:
+        test = classification_dataset(source, "test", self._pipeline(cfg), training=False)
+        model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        return float(model.evaluate(test, verbose=0, return_dict=True)["accuracy"])
+
     def check(self, cfg: TuneConfig, source: Source) -> None:
         cfg.space.check_input_size(cfg.image_size)
 
+    def _pipeline(self, cfg: TuneConfig):
+        return TrainConfig(data=cfg.data, image_size=cfg.image_size, batch_size=cfg.batch_size).pipeline()
+
     def search(self, cfg: TuneConfig, tuner_factory, trials_source: Source, source: Source, verbose: int) -> None:
-        pipe = TrainConfig(data=cfg.data, image_size=cfg.image_size, batch_size=cfg.batch_size).pipeline()
-        train = classification_dataset(trials_source, "train", pipe, training=True, seed=cfg.seed)
+        pipe = self._pipeline(cfg)
+        train = classification_dataset(trials_source, "train", pipe, training=True, seed=cfg.seed).repeat()
         val = classification_dataset(source, "validation", pipe, training=False)
-        tuner_factory(self.hypermodel(cfg, source.num_classes)).search(train, validation_data=val, epochs=cfg.epochs,
-                                                                       verbose=verbose)
+        tuner_factory(self.hypermodel(cfg, source.num_classes)).search(
+            train, validation_data=val, epochs=cfg.fidelity.units, verbose=verbose)
 
     def hypermodel(self, cfg: TuneConfig, num_classes: int):
         return CNNHyperModel(cfg.space, num_classes=num_classes, input_size=cfg.image_size,
-                             objective=cfg.objective, latency_runs=cfg.latency_runs)
+                             objective=cfg.objective, fidelity=cfg.fidelity, latency_runs=cfg.latency_runs)
 
     def retrain(self, train_cfg: TrainConfig, source: Source, run_dir, verbose: int) -> dict:
         return train_classifier(train_cfg, source, run_dir, verbose=verbose)
@@ -122,7 +170,8 @@ class MobileNetSearch(ClassifierSearch):
     model = "mobilenetv2"
     space_type = MobileNetSearchSpace
     batch_size = 32
-    trial_train_examples = 2000
+    trial_train_examples = 5000
+    trials_per_process = 2
     per_trial = "; MobileNetV2 trained end to end from WEIGHTS="
 
     def train_config(self, cfg: TuneConfig, hyperparameters: dict, *, epochs: int | None = None) -> TrainConfig:
@@ -138,9 +187,17 @@ class MobileNetSearch(ClassifierSearch):
                               + ("one of 96, 128, 160, 192, 224" if cfg.weights == "imagenet"
                                  else "a multiple of 32"))
 
+    def default_values(self, cfg: TuneConfig) -> dict | None:
+        values = cfg.space.default_values()
+        default = MobileNetConfig()
+        same = (values["alpha"], values["dropout"], values["fine_tune_blocks"], values["learning_rate"]) == \
+            (default.alpha, default.dropout, default.fine_tune_blocks, TrainConfig().learning_rate)
+        return values if same else None
+
     def hypermodel(self, cfg: TuneConfig, num_classes: int):
         return MobileNetHyperModel(cfg.space, MobileNetConfig(weights=cfg.weights), num_classes=num_classes,
-                                   input_size=cfg.image_size, objective=cfg.objective, latency_runs=cfg.latency_runs)
+                                   input_size=cfg.image_size, objective=cfg.objective, fidelity=cfg.fidelity,
+                                   latency_runs=cfg.latency_runs)
 
     def model_summary(self, train_cfg: TrainConfig) -> dict:
         return {"mobilenet": train_cfg.mobilenet.to_dict()}
@@ -152,8 +209,10 @@ class DetectorSearch(TaskSearch):
     model = "ssd"
     quality = MAP
     space_type = SSDSearchSpace
+    rule = DETECTOR_RULE
     batch_size = 32
-    trial_train_examples = 1000
+    trial_train_examples = 3000
+    trials_per_process = 1
     per_trial = "; scored on the whole validation split with pycocotools"
     measurement = " (TFLite_Detection_PostProcess included)"
 
@@ -165,6 +224,23 @@ class DetectorSearch(TaskSearch):
                                  seed=cfg.seed, epochs=epochs or cfg.final_epochs, auto_input=False,
                                  auto_anchors=False)
 
+    def default_values(self, cfg: TuneConfig) -> dict | None:
+        # The space's first values are `make train TASK=detect`'s detector before the recipe fits its
+        # input size and anchors to the data (tests/tuning/test_ssd_space.py keeps them so).
+        return cfg.space.default_values()
+
+    def resolve(self, cfg: TuneConfig, source: Source) -> dict:
+        return {}  # the input size and anchors are searched
+
+    def trial_model(self, cfg: TuneConfig, hyperparameters: dict, num_classes: int):
+        return build_detector(self.train_config(cfg, hyperparameters, epochs=1), num_classes)
+
+    def test_quality(self, cfg: TuneConfig, model, hyperparameters: dict, source: Source) -> float:
+        train_cfg = self.train_config(cfg, hyperparameters)
+        test = detection_eval_dataset(source, "test", train_cfg.ssd.anchors.input_size, train_cfg.batch_size)
+        scores, _, _ = evaluate_detector(keras_detect_fn(model, train_cfg), test, list(source.label_names))
+        return float(scores["map"])
+
     def check(self, cfg: TuneConfig, source: Source) -> None:
         if not source.split_sizes.get("validation"):
             raise UserError(f"DATA={cfg.data}: TASK=detect tuning ranks trials by mAP on the validation split, "
@@ -174,13 +250,13 @@ class DetectorSearch(TaskSearch):
         # The anchors (and so the targets) and the input size change with the trial: the
         # hypermodel makes each trial's datasets itself.
         hypermodel = SSDHyperModel(cfg, train_source=trials_source, val_source=source,
-                                   trial_config=lambda hp: self.trial_config(cfg, hp))
-        tuner_factory(hypermodel).search(epochs=cfg.epochs, verbose=verbose)
+                                   trial_config=lambda hp: self.trial_config(cfg, hp), fidelity=cfg.fidelity)
+        tuner_factory(hypermodel).search(epochs=cfg.fidelity.units, verbose=verbose)
 
     def trial_config(self, cfg: TuneConfig, hp) -> DetectTrainConfig:
-        """A trial's DetectTrainConfig: its SSD and learning rate, the search's epochs."""
+        """A trial's DetectTrainConfig: its SSD and learning rate (its steps are the fidelity's)."""
         sample_ssd_config(hp, cfg.space, default_ssd())  # Keras Tuner learns the space from these calls
-        return self.train_config(cfg, dict(hp.values), epochs=cfg.epochs)
+        return self.train_config(cfg, dict(hp.values), epochs=1)
 
     def retrain(self, train_cfg: DetectTrainConfig, source: Source, run_dir, verbose: int) -> dict:
         return train_detector(train_cfg, source, run_dir, verbose=verbose)

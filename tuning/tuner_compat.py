@@ -16,6 +16,14 @@ inside a subprocess. What each works around, and when it can go:
 * Hyperband's ``__init__`` building a second oracle when one is passed; a search started with
   WORKERS=N (chief.json) and rerun without (tuner0.json) starting over, because Keras Tuner reloads
   only when this process's own <tuner_id>.json exists.
+
+And two things Keras Tuner has no option for:
+
+* the first trial of a search is a given configuration (the product default), at full fidelity
+  (``DefaultFirstOracle``);
+* a process stops asking for trials after a quota, so trials run in fresh processes
+  (``TrialQuotaReached``), and the trials a dead process left RUNNING are marked failed
+  (``fail_interrupted_trials``).
 """
 from __future__ import annotations
 
@@ -79,12 +87,62 @@ class ResumeSafeOracle:
                 self._retry_queue.append(trial_id)
 
 
+class DefaultFirstOracle:
+    """Mixin for Keras Tuner oracles: the first trial of a new search is ``first_values`` (set after
+    construction; None: the oracle's own choice), trained for ``first_epochs`` (Hyperband's
+    max_epochs: the top rung). Later trials are the oracle's; Keras Tuner remembers the first one's
+    values, so none repeats it."""
+
+    first_values: dict | None = None
+    first_epochs: int | None = None
+
+    def populate_space(self, trial_id):
+        if self.first_values is not None and not self.trials:
+            values = dict(self.first_values)
+            if self.first_epochs is not None:
+                # Outside every Hyperband bracket: trained once, at the top rung, never promoted.
+                values.update({"tuner/epochs": self.first_epochs, "tuner/initial_epoch": 0,
+                               "tuner/bracket": -1, "tuner/round": 0})
+            return {"status": "RUNNING", "values": values}
+        return super().populate_space(trial_id)
+
+
+class TrialQuotaReached(Exception):
+    """This process has run its share of trials; a fresh one takes the next."""
+
+
+def fail_interrupted_trials(project: Path, message: str) -> list[str]:
+    """Mark FAILED, with ``message``, every trial that the oracle lists as running: what a trial
+    process that died (killed, out of memory, a crash in native code) left behind. Without this,
+    the next process would rerun the trial that killed it. Returns their ids."""
+    oracle_file = Path(project) / "oracle.json"
+    if not oracle_file.exists():
+        return []
+    state = json.loads(oracle_file.read_text(encoding="utf-8"))
+    trials = {}
+    for trial_file in Path(project).glob("trial_*/trial.json"):
+        trial = json.loads(trial_file.read_text(encoding="utf-8"))
+        trials[trial["trial_id"]] = (trial_file, trial)
+    listed = set(state.get("ongoing_trials", {}).values()) | set(state.get("retry_queue", []))
+    # Also a trial whose start reached trial.json but not oracle.json.
+    failed = sorted(t for t, (_, trial) in trials.items() if t in listed or trial["status"] == "RUNNING")
+    for trial_id in failed:
+        trial_file, trial = trials[trial_id]
+        trial.update(status="FAILED", message=message)
+        save_state_atomically(str(trial_file), trial)
+    state["ongoing_trials"] = {k: v for k, v in state.get("ongoing_trials", {}).items() if v not in failed}
+    state["retry_queue"] = [t for t in state.get("retry_queue", []) if t not in failed]
+    state["end_order"] = state.get("end_order", []) + [t for t in failed if t not in state.get("end_order", [])]
+    save_state_atomically(str(oracle_file), state)
+    return failed
+
+
 def oracle_classes() -> dict[str, type]:
-    """tuner name -> the resume-safe oracle class."""
-    class RandomOracle(ResumeSafeOracle, kt.oracles.RandomSearchOracle):
+    """tuner name -> the resume-safe oracle class, whose first trial may be given (DefaultFirstOracle)."""
+    class RandomOracle(DefaultFirstOracle, ResumeSafeOracle, kt.oracles.RandomSearchOracle):
         pass
 
-    class BayesianOracle(ResumeSafeOracle, kt.oracles.BayesianOptimizationOracle):
+    class BayesianOracle(DefaultFirstOracle, ResumeSafeOracle, kt.oracles.BayesianOptimizationOracle):
         def populate_space(self, trial_id):
             # Over a discrete space the Gaussian process's optimum is often a configuration
             # already trained; Keras Tuner would train it again. Take an untried random one instead.
@@ -97,10 +155,10 @@ def oracle_classes() -> dict[str, type]:
                     return self._random_populate_space()
             return response
 
-    class HyperbandOracle(ResumeSafeOracle, kt.oracles.HyperbandOracle):
+    class HyperbandOracle(DefaultFirstOracle, ResumeSafeOracle, kt.oracles.HyperbandOracle):
         pass
 
-    class GridOracle(ResumeSafeOracle, kt.oracles.GridSearchOracle):
+    class GridOracle(DefaultFirstOracle, ResumeSafeOracle, kt.oracles.GridSearchOracle):
         """Also saves the grid's position, which Keras Tuner 1.4.8 keeps only in memory
         (keras-team/keras-tuner#1055: KeyError in LinkedList.next after a reload)."""
 
@@ -132,14 +190,27 @@ def oracle_classes() -> dict[str, type]:
     return {"random": RandomOracle, "bayesian": BayesianOracle, "hyperband": HyperbandOracle, "grid": GridOracle}
 
 
-def tuner_class(hyperband: bool) -> type:
+def tuner_class(hyperband: bool, max_trials_here: int | None = None) -> type:
     """The base Tuner class of a search (Hyperband's for hyperband), saving atomically and
-    never building a second oracle."""
+    never building a second oracle. ``max_trials_here``: after that many trials, ``search`` raises
+    TrialQuotaReached before asking for another (None: no quota)."""
     base = kt.Hyperband if hyperband else kt.Tuner
 
     class Tuner(base):
         def __init__(self, **kwargs):
             kt.Tuner.__init__(self, **kwargs)  # Hyperband's own __init__ would build a second oracle
+            self.trials_here = 0
+
+        def on_trial_end(self, trial):
+            super().on_trial_end(trial)
+            self.trials_here += 1
+
+        def pre_create_trial(self):
+            # Between trials: the last one is saved, the next not yet created, so a fresh process
+            # reloading the store continues exactly here.
+            if max_trials_here is not None and self.trials_here >= max_trials_here:
+                raise TrialQuotaReached()
+            super().pre_create_trial()
 
         def save(self):
             if not self._is_worker():

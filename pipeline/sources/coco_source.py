@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import ConfigError, DataError
-from pipeline.sources.annotation_files import Annotated, detection_source, image_size, keep_or_skip, parallel
+from pipeline.sources.annotation_files import (Annotated, detection_source, image_info, keep_or_skip, orientation_note,
+                                               parallel)
 from pipeline.sources.options import parse_options, split_spec
 from pipeline.sources.schema import Skipped, Source
 from pipeline.sources.splits import carve_splits
@@ -196,16 +197,18 @@ def read_coco_split(file: Path, data: dict, index: dict[int, int], images_opt: P
             crowd.append(ann.get("iscrowd", 0) == 1)
         if not path.is_file():
             raise DataError(path, f"image listed in {file.name} is missing")
-        actual = image_size(path)
-        if actual != (width, height):
-            raise DataError(path, f"image is {actual[0]}x{actual[1]} but {file.name} says {width}x{height}")
+        info = image_info(path)
+        if (info.width, info.height) != (width, height):
+            raise DataError(path, f"image is {info.width}x{info.height}{orientation_note(info)} but {file.name} "
+                                  f"says {width}x{height}")
         return Annotated(path, np.array(boxes, np.float32).reshape(-1, 4), np.array(labels, np.int32),
-                         np.array(crowd, bool))
+                         np.array(crowd, bool), info.decoder, info.orientation)
 
     return parallel(one, list(images)) + orphans
 
 
-def open_coco(spec: str, rest: str, *, seed: int = 0, skip_bad: bool = False) -> Source:
+def open_coco(spec: str, rest: str, *, seed: int = 0, skip_bad: bool = False,
+             data_dir: Path | None = None) -> Source:
     path_text, option_text = split_spec(rest)
     if not path_text:
         raise ConfigError(f"DATA={spec}: coco: needs an annotation file, e.g. coco:annotations/instances_train2017.json")
@@ -232,4 +235,5 @@ def open_coco(spec: str, rest: str, *, seed: int = 0, skip_bad: bool = False) ->
     read = {split: keep_or_skip(read_coco_split(f, loaded[split], index, images_opt), skipped, skip_bad)
             for split, f in files.items()}
     data = carve_splits(read[main], {s: read[s] for s in ("validation", "test") if s in read}, seed)
-    return detection_source(spec, list(categories.values()), data, skipped, file)
+    return detection_source(spec, list(categories.values()), data, skipped, file, kind="coco", skip_bad=skip_bad,
+                            data_dir=data_dir)

@@ -7,23 +7,30 @@ Accepted layouts::
                                                  -> those splits; validation carved
                                                     from train when absent
 
-Every file is decoded once up front (in parallel) so that a bad image is
-reported before anything is written, with its path and the problem.
+Every new or changed file is decoded once, up front and in parallel (file_check.py), so that a bad
+image is reported before anything is written, with its path and the problem. Given the model's
+input size (``image_size``), that same decode fills the cache: the first epoch reads the resized
+pixels and never the files. What was learnt about each file is kept in a manifest beside the
+prepared data (manifest.py), so a rerun on an unchanged folder decodes nothing to open it.
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import os
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
 from common.errors import DataError
-from pipeline.sources.images import IMAGE_EXTENSIONS, decode_file, load_rgb
+from pipeline.preprocess import preprocess_image
+from pipeline.sources import manifest
+from pipeline.sources.file_check import Checked, check_files, resized_in_order
+from pipeline.sources.images import IMAGE_EXTENSIONS, graph_decoder
 from pipeline.sources.schema import Skipped, Source
 from pipeline.sources.splits import carve_splits
 
 _SPLIT_DIRS = {"train": ("train",), "validation": ("validation", "val", "valid"), "test": ("test",)}
+SKIP_HINT = "; remove it, or pass SKIP_BAD=1 to skip and count bad files"
 
 
 def _class_dirs(root: Path) -> list[Path]:
@@ -35,69 +42,117 @@ def _class_dirs(root: Path) -> list[Path]:
 
 def _list_class(folder: Path, skipped: list[Skipped], skip_bad: bool) -> list[Path]:
     files = []
-    for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or p.is_dir():
+    with os.scandir(folder) as scan:  # names and types without a stat per file: reruns list 100k files
+        entries = sorted(scan, key=lambda e: e.name)
+    for e in entries:
+        if e.name.startswith(".") or e.is_dir():
             continue  # hidden files (.DS_Store) and nested folders are not samples
-        if p.suffix.lower() in IMAGE_EXTENSIONS:
+        p = folder / e.name
+        if os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS:
             files.append(p)
         elif skip_bad:
             skipped.append(Skipped(str(p), "not an image file (extension)"))
         else:
-            raise DataError(p, f"not an image file (extension {p.suffix or 'none'}); "
-                               f"remove it, or pass SKIP_BAD=1 to skip and count bad files")
+            raise DataError(p, f"not an image file (extension {p.suffix or 'none'}){SKIP_HINT}")
     return files
 
 
-def _validate(files: list[Path], skipped: list[Skipped], skip_bad: bool) -> list[Path]:
-    """Decode every file in parallel; raise on the first bad one (or skip and count it)."""
-
-    def check(p: Path):
-        try:
-            load_rgb(p)
-            return None
-        except DataError as e:
-            return e
-
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        errors = list(pool.map(check, files))
-    good = []
-    for p, err in zip(files, errors):
-        if err is None:
-            good.append(p)
-        elif skip_bad:
-            skipped.append(Skipped(err.path, err.problem))
-        else:
-            raise DataError(err.path, err.problem + "; remove it, or pass SKIP_BAD=1 to skip and count bad files")
-    return good
-
-
-def _scan_tree(root: Path, label_names: list[str] | None, skipped, skip_bad) -> tuple[list[str], list[Path], list[int]]:
+def _list_tree(root: Path, label_names: list[str] | None, skipped, skip_bad) -> list[tuple[Path, list[Path]]]:
+    """(class folder, its image files) per class; classes checked against ``label_names`` when given."""
     dirs = _class_dirs(root)
-    names = [d.name for d in dirs]
     if label_names is not None:
-        unknown = [n for n in names if n not in label_names]
+        unknown = [d.name for d in dirs if d.name not in label_names]
         if unknown:
             raise DataError(root, f"class folder(s) {unknown} are not among the training classes {label_names}")
-    else:
-        label_names = names
+    return [(d, _list_class(d, skipped, skip_bad)) for d in dirs]
+
+
+def _readable(tree, checked: Checked, label_names: list[str], skipped, skip_bad) -> tuple[list[Path], list[int]]:
+    """The tree's readable files and labels, in listing order; a bad file raises (or is skipped)."""
     paths, labels = [], []
-    for d in dirs:
-        files = _validate(_list_class(d, skipped, skip_bad), skipped, skip_bad)
-        if not files:
-            raise DataError(d, "class folder has no readable images")
-        paths += files
-        labels += [label_names.index(d.name)] * len(files)
-    return label_names, paths, labels
+    for folder, files in tree:
+        good = []
+        for p in files:
+            problem = checked.entries[str(p)].problem
+            if problem is None:
+                good.append(p)
+            elif skip_bad:
+                skipped.append(Skipped(str(p), problem))
+            else:
+                raise DataError(p, problem + SKIP_HINT)
+        if not good:
+            raise DataError(folder, "class folder has no readable images")
+        paths += good
+        labels += [label_names.index(folder.name)] * len(good)
+    return paths, labels
 
 
-def _dataset(paths: list[Path], labels: list[int]) -> tf.data.Dataset:
-    ds = tf.data.Dataset.from_tensor_slices(
-        ([str(p) for p in paths], tf.constant(labels, tf.int32))
-    )
-    return ds.map(lambda p, y: {"image": decode_file(p), "label": y}, num_parallel_calls=tf.data.AUTOTUNE)
+def _columns(paths: list[Path], checked: Checked):
+    entries = [checked.entries[str(p)] for p in paths]
+    return ([str(p) for p in paths], np.array([e.decoder for e in entries], np.int32),
+            np.array([e.orientation for e in entries], np.int32)), entries
 
 
-def open_folder(spec: str, path: str, *, seed: int = 0, skip_bad: bool = False) -> Source:
+def _decoded(paths: list[Path], labels: list[int], checked: Checked) -> tf.data.Dataset:
+    """Schema examples, decoded in-graph and in parallel (``images.decode_in_graph``)."""
+    columns, entries = _columns(paths, checked)
+    decode = graph_decoder(columns[1], columns[2])
+    ds = tf.data.Dataset.from_tensor_slices((*columns, np.asarray(labels, np.int32)))
+    return ds.map(lambda p, d, o, y: {"image": decode(p, d, o), "label": y}, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _prepared_rows(paths: list[Path], checked: Checked, size: int) -> np.ndarray:
+    """Row of each file in the pixels the check pass kept (memory or spill file), -1 for a file it
+    did not keep at ``size``."""
+    if checked.size != size:
+        return np.full(len(paths), -1, np.int64)
+    return np.array([checked.rows.get(str(p), -1) for p in paths], np.int64)
+
+
+def _from_spill(spill: Path, rows: np.ndarray, size: int) -> tf.data.Dataset:
+    """uint8 [size, size, 3] rows ``rows`` (increasing) of a spill file, read in order by tf.data."""
+    row_bytes = size * size * 3
+    wanted = np.zeros(spill.stat().st_size // row_bytes, bool)
+    wanted[rows] = True
+    wanted = tf.constant(wanted)
+    ds = tf.data.FixedLengthRecordDataset(str(spill), row_bytes, buffer_size=1 << 22).enumerate()
+    return ds.filter(lambda i, _: tf.gather(wanted, i)).map(
+        lambda _, record: tf.reshape(tf.io.decode_raw(record, tf.uint8), [size, size, 3]))
+
+
+def _resized(paths: list[Path], labels: list[int], checked: Checked, size: int, rows: np.ndarray) -> tf.data.Dataset:
+    """Schema examples already at ``size`` x ``size`` (``preprocess_image``): the pixels the check pass
+    kept (``rows``), and the other files (known from the manifest) decoded in-graph and resized."""
+    labels = np.asarray(labels, np.int32)
+    have = rows >= 0
+    with_labels = (lambda images: tf.data.Dataset.zip(images, tf.data.Dataset.from_tensor_slices(labels)).map(
+        lambda x, y: {"image": x, "label": y}))
+    if have.all() and checked.pixels is not None:
+        return tf.data.Dataset.from_tensor_slices({"image": checked.pixels[rows], "label": labels})
+    if have.all() and checked.spill is not None and (np.diff(rows) > 0).all():
+        return with_labels(_from_spill(checked.spill, rows, size))
+    if not have.any() or checked.pixels is None:
+        columns, entries = _columns(paths, checked)
+        return with_labels(resized_in_order(columns[0], entries, size))
+    kept = tf.constant(checked.pixels[rows[have]])
+    slot = np.where(have, np.cumsum(have) - 1, -1)
+    columns, _ = _columns(paths, checked)
+    decode = graph_decoder(columns[1][~have], columns[2][~have])
+    ds = tf.data.Dataset.from_tensor_slices((*columns, labels, slot))
+
+    @tf.autograph.experimental.do_not_convert  # plain TF ops: autograph's rewrite only costs tracing time
+    def example(path, decoder, orientation, label, k):
+        image = tf.cond(k >= 0, lambda: tf.gather(kept, tf.maximum(k, 0)),
+                        lambda: preprocess_image(decode(path, decoder, orientation), size))
+        return {"image": tf.ensure_shape(image, [size, size, 3]), "label": label}
+
+    return ds.map(example, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def open_folder(spec: str, path: str, *, seed: int = 0, skip_bad: bool = False, data_dir: Path | None = None,
+                image_size: int | None = None) -> Source:
+    """``data_dir``: where the manifest is kept (None: no manifest, every file is checked).
+    ``image_size``: the model's input side, when known: the check pass keeps resized pixels for it."""
     root = Path(path).expanduser()
     if not root.exists():
         raise DataError(root, "folder not found")
@@ -107,13 +162,23 @@ def open_folder(spec: str, path: str, *, seed: int = 0, skip_bad: bool = False) 
     split_dirs = {
         split: next((root / n for n in names if (root / n).is_dir()), None) for split, names in _SPLIT_DIRS.items()
     }
-    # (path, label) pairs per split; the splits without a folder are carved from train, per class.
-    given: dict[str, list[tuple[Path, int]]] = {}
-    label_names, paths, labels = _scan_tree(split_dirs["train"] or root, None, skipped, skip_bad)
+    main = _list_tree(split_dirs["train"] or root, None, skipped, skip_bad)
+    label_names = [d.name for d, _ in main]
+    trees = {"train": main}
     for split in ("validation", "test"):
         if split_dirs["train"] is not None and split_dirs[split] is not None:
-            _, p, y = _scan_tree(split_dirs[split], label_names, skipped, skip_bad)
-            given[split] = list(zip(p, y))
+            trees[split] = _list_tree(split_dirs[split], label_names, skipped, skip_bad)
+    files = [(p, folder.name) for tree in trees.values() for folder, ps in tree for p in ps]
+    store = manifest.prepared_dir(data_dir, "folder", root) if data_dir is not None else None
+    known = manifest.load(store) if store is not None else {}
+    checked = check_files([p for p, _ in files], [c for _, c in files], known, image_size=image_size, spill_dir=store)
+    if store is not None and (checked.checked or checked.entries.keys() != known.keys()):
+        manifest.save(store, root.resolve(), checked.entries)
+    paths, labels = _readable(main, checked, label_names, skipped, skip_bad)
+    given: dict[str, list[tuple[Path, int]]] = {}
+    for split in ("validation", "test"):
+        if split in trees:
+            given[split] = list(zip(*_readable(trees[split], checked, label_names, skipped, skip_bad)))
     pairs = carve_splits(list(zip(paths, labels)), given, seed, strata=labels)
     data = {split: ([p for p, _ in items], [y for _, y in items]) for split, items in pairs.items()}
     if len(label_names) < 2:
@@ -121,12 +186,24 @@ def open_folder(spec: str, path: str, *, seed: int = 0, skip_bad: bool = False) 
     for split, (p, _) in data.items():
         if not p:
             raise DataError(root, f"the {split} split is empty; add more images per class")
+
+    def load_resized(split: str, size: int) -> tf.data.Dataset:
+        return _resized(*data[split], checked, size, _prepared_rows(data[split][0], checked, size))
+
+    def load_arrays(split: str, size: int) -> tuple[np.ndarray, np.ndarray] | None:
+        rows = _prepared_rows(data[split][0], checked, size)
+        if checked.pixels is None or not (rows >= 0).all():
+            return None
+        return checked.pixels[rows], np.asarray(data[split][1], np.int32)
+
     return Source(
         name=spec,
         task="classify",
         label_names=tuple(label_names),
         split_sizes={k: len(v[0]) for k, v in data.items()},
-        load_split=lambda split: _dataset(*data[split]),
+        load_split=lambda split: _decoded(*data[split], checked),
         skipped=tuple(skipped),
         train_label_counts=tuple(int(c) for c in np.bincount(data["train"][1], minlength=len(label_names))),
+        load_resized=load_resized,
+        load_arrays=load_arrays,
     )

@@ -8,6 +8,22 @@ with it.
 One transparency policy for every source: alpha is composited over opaque white. Files go
 through Pillow (``load_rgb``); tensors that arrive with an alpha channel (tensorflow-datasets
 images) go through ``composite_on_white``, which gives the same bytes.
+
+EXIF orientation (phone photos store the sensor's pixels and a tag saying how to turn them) is
+applied: the pixels come out the way a photo viewer shows them, and ``header_size`` reports that
+oriented size. The tag is read when the file carries an EXIF block ahead of its pixels (JPEG,
+WebP, PNG with an early eXIf chunk); TIFF orientation tags are not read.
+
+Two decoders, one result. ``load_rgb`` (Pillow) is the reference. ``decode_in_graph`` decodes
+inside tf.data with TF's own kernels, in parallel and without the GIL, for what those kernels
+decode byte-for-byte like Pillow: 8-bit JPEG (gray, YCbCr), 8-bit PNG (gray, RGB, palette
+without transparency, and gray/RGB + alpha composited by ``composite_on_white``), 24-bit
+uncompressed BMP, and GIF without transparency (first frame). Both use libjpeg-turbo's
+accurate integer IDCT with fancy upsampling (TF: ``dct_method="INTEGER_ACCURATE"``; Pillow's
+default), so JPEG pixels are identical. Everything else (16-bit, CMYK / YCCK, palette or
+colour-key transparency, WebP, TIFF, ...) is routed to Pillow inside the same graph
+(``inspect_image`` picks the decoder from the header; tests/pipeline/sources/test_decode.py
+holds each mode against ``load_rgb``).
 """
 from __future__ import annotations
 
@@ -15,6 +31,7 @@ import re
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -96,14 +113,92 @@ def _opened(path: Path) -> Iterator[Image.Image]:
         raise DataError(path, _problem(e)) from None
 
 
+# The decoders of ``decode_in_graph``, in the order of its branches. Manifests store these numbers:
+# append new ones, never renumber (or raise manifest.VERSION).
+TF_JPEG, TF_PNG, TF_PNG_ALPHA, TF_BMP, TF_GIF, PILLOW = range(6)
+DECODER_NAMES = ("tf-jpeg", "tf-png", "tf-png-alpha", "tf-bmp", "tf-gif", "pillow")
+
+# EXIF orientation (tag 0x0112) -> the Pillow transpose that shows the photo upright
+# (the mapping of PIL.ImageOps.exif_transpose).
+_ORIENT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+           5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+           8: Image.Transpose.ROTATE_90}
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the header says about one file: its size as shown (after EXIF orientation), which
+    decoder gives ``load_rgb``'s pixels, and the EXIF orientation (1..8; 1 = as stored)."""
+
+    width: int
+    height: int
+    decoder: int
+    orientation: int
+
+
+def exif_orientation(img: Image.Image) -> int:
+    """EXIF orientation 1..8 from the EXIF block read with the header; 1 without one (or a broken one)."""
+    if "exif" not in img.info:
+        return 1
+    try:
+        value = img.getexif().get(0x0112, 1)
+    except PILLOW_ERRORS:
+        return 1  # an unreadable EXIF block does not make the pixels unreadable
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _choose_decoder(img: Image.Image, head: bytes) -> int:
+    """The in-graph decoder that reproduces ``load_rgb`` for this file, else PILLOW."""
+    if "transparency" in img.info:
+        return PILLOW  # palette or colour-key transparency: Pillow's compositing rules
+    if img.format == "JPEG":
+        return TF_JPEG if img.mode in ("L", "RGB") else PILLOW  # CMYK / YCCK: Pillow
+    if img.format == "PNG" and len(head) >= 26 and head[24] == 8:  # IHDR bit depth 8 (16-bit: Pillow)
+        return {0: TF_PNG, 2: TF_PNG, 3: TF_PNG, 4: TF_PNG_ALPHA, 6: TF_PNG_ALPHA}.get(head[25], PILLOW)
+    if img.format == "BMP" and len(head) >= 34 and struct.unpack_from("<I", head, 14)[0] >= 40:
+        bits, compression = struct.unpack_from("<HI", head, 28)
+        return TF_BMP if bits == 24 and compression == 0 and img.mode == "RGB" else PILLOW
+    if img.format == "GIF" and img.mode in ("P", "L"):
+        return TF_GIF  # the first frame (sources read stills)
+    return PILLOW
+
+
+def _head(img: Image.Image) -> bytes:
+    """The first 64 bytes of the file ``img`` was opened from (its format's fixed header)."""
+    fp = img.fp
+    where = fp.tell()
+    try:
+        fp.seek(0)
+        return fp.read(64)
+    finally:
+        fp.seek(where)
+
+
+def inspect_image(path: str | Path) -> ImageInfo:
+    """The header of one file (no pixel is decoded): oriented size, decoder, orientation.
+
+    Raises:
+        DataError: as ``load_rgb``, except that truncated or corrupt pixel data goes unnoticed.
+    """
+    path = Path(path)
+    with _opened(path) as img:
+        head = _head(img)
+        orientation = exif_orientation(img)
+        width, height = img.size
+        if orientation >= 5:  # a quarter turn: width and height swap
+            width, height = height, width
+        return ImageInfo(width, height, _choose_decoder(img, head), orientation)
+
+
 def header_size(path: str | Path) -> tuple[int, int]:
-    """(width, height) in pixels from the image header, without decoding the pixels.
+    """(width, height) in pixels as shown (after EXIF orientation), from the header, without
+    decoding the pixels.
 
     Raises:
         DataError: as ``load_rgb``, except that truncated pixel data goes unnoticed.
     """
-    with _opened(Path(path)) as img:
-        return img.size
+    info = inspect_image(path)
+    return info.width, info.height
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -125,7 +220,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def load_rgb(path: str | Path) -> np.ndarray:
-    """Decode an image file fully. Returns uint8 [H, W, 3].
+    """Decode an image file fully, EXIF orientation applied. Returns uint8 [H, W, 3].
 
     Raises:
         DataError: missing, empty, truncated, corrupt or non-image file, or one with more than
@@ -133,19 +228,92 @@ def load_rgb(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     with _opened(path) as img:
+        orientation = exif_orientation(img)  # read before load(), as inspect_image reads it
         img.load()  # decodes every byte: catches truncation that verify() misses
-        array = np.asarray(_to_rgb(img), dtype=np.uint8)
+        rgb = _to_rgb(img)
+        if orientation in _ORIENT:
+            rgb = rgb.transpose(_ORIENT[orientation])
+        array = np.asarray(rgb, dtype=np.uint8)
     if array.ndim != 3 or array.shape[2] != 3 or array.shape[0] < 1 or array.shape[1] < 1:
         raise DataError(path, f"decoded to an unexpected shape {array.shape}")
     return array
 
 
-def decode_file(path: tf.Tensor) -> tf.Tensor:
-    """``load_rgb`` inside tf.data: string [] path -> uint8 [H, W, 3]. A bad file raises the
-    ``DataError`` from within the pipeline (the sources check every file before training starts)."""
-    image = tf.numpy_function(lambda p: load_rgb(p.decode()), [path], tf.uint8, stateful=False)
+@tf.autograph.experimental.do_not_convert  # plain TF ops: autograph's rewrite only costs tracing time
+def orient(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
+    """uint8 [H, W, 3] as stored -> as shown, for EXIF orientation int32 [] 1..8 (exact: the same
+    transposes ``load_rgb`` applies with Pillow)."""
+    def transpose(x):
+        return tf.transpose(x, [1, 0, 2])
+
+    branches = [
+        lambda: image,                                   # 1: as stored
+        lambda: tf.reverse(image, [1]),                  # 2: mirrored left-right
+        lambda: tf.reverse(image, [0, 1]),               # 3: turned 180 degrees
+        lambda: tf.reverse(image, [0]),                  # 4: mirrored top-bottom
+        lambda: transpose(image),                        # 5: transposed
+        lambda: transpose(tf.reverse(image, [0])),       # 6: turn 90 degrees clockwise to show
+        lambda: transpose(tf.reverse(image, [0, 1])),    # 7: transversed
+        lambda: transpose(tf.reverse(image, [1])),       # 8: turn 90 degrees anticlockwise to show
+    ]
+    index = tf.clip_by_value(tf.cast(orientation, tf.int32) - 1, 0, 7)
+    out = tf.switch_case(index, branches)
+    out.set_shape([None, None, 3])
+    return out
+
+
+def _decoders(path: tf.Tensor) -> list:
+    """The branches of ``decode_in_graph``, in decoder order: () -> uint8 [H, W, 3] as stored."""
+    def tf_decoded(fn):
+        return lambda: fn(tf.io.read_file(path))
+
+    def pillow():
+        image = tf.numpy_function(lambda p: load_rgb(p.decode()), [path], tf.uint8, stateful=False)
+        image.set_shape([None, None, 3])
+        return image  # load_rgb has applied the orientation already
+
+    return [
+        tf_decoded(lambda b: tf.io.decode_jpeg(b, channels=3, dct_method="INTEGER_ACCURATE")),
+        tf_decoded(lambda b: tf.io.decode_png(b, channels=3)),
+        tf_decoded(lambda b: composite_on_white(tf.io.decode_png(b, channels=4))),
+        tf_decoded(lambda b: tf.io.decode_bmp(b, channels=3)),
+        tf_decoded(lambda b: tf.io.decode_gif(b)[0]),
+        pillow,
+    ]
+
+
+@tf.autograph.experimental.do_not_convert  # plain TF ops: autograph's rewrite only costs tracing time
+def decode_in_graph(path: tf.Tensor, decoder: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
+    """``load_rgb``'s pixels inside tf.data: string [] path, int32 [] decoder and orientation (from
+    ``inspect_image``) -> uint8 [H, W, 3]. TF kernels for the common formats (parallel, no GIL);
+    the PILLOW decoder calls ``load_rgb``. A file TF cannot decode fails the element with TF's
+    error (the sources check files before training, so this names no path)."""
+    decoder = tf.cast(decoder, tf.int32)
+    image = tf.switch_case(decoder, _decoders(path))
     image.set_shape([None, None, 3])
-    return image
+    # Pillow has turned its output already; TF's is turned here (one switch after the decode keeps
+    # the traced graph small: 6 + 8 branches, not 6 x 8).
+    return orient(image, tf.where(tf.equal(decoder, PILLOW), 1, tf.cast(orientation, tf.int32)))
+
+
+def graph_decoder(decoders, orientations):
+    """The cheapest ``decode_in_graph`` for a dataset whose files have these decoders and EXIF
+    orientations (ints, one per file): (path, decoder, orientation) -> uint8 [H, W, 3].
+
+    Per-element branching costs more than the decode of a small JPEG in tf.data, so when every file
+    has the same TF decoder and no orientation, the decoder's op is used directly."""
+    decoders, orientations = set(int(d) for d in decoders), set(int(o) for o in orientations)
+    if len(decoders) == 1 and orientations <= {1}:
+        (only,) = decoders
+
+        @tf.autograph.experimental.do_not_convert  # plain TF ops: autograph's rewrite only costs tracing time
+        def direct(path, decoder, orientation):
+            image = _decoders(path)[only]()
+            image.set_shape([None, None, 3])
+            return image
+
+        return direct
+    return decode_in_graph
 
 
 def composite_on_white(image: tf.Tensor) -> tf.Tensor:

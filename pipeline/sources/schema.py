@@ -46,6 +46,11 @@ class Source:
     skipped:     bad samples that were skipped (only with skip_bad), for the report.
     train_label_counts: images per class in the train split, when the source knows them without
                  decoding (folder:); () otherwise (the training recipe then counts a sample).
+    load_resized: (split, size) -> the split's examples with images already resized to
+                 size x size by ``preprocess_image`` (pixels a source decoded while checking its
+                 files, or decoded and resized there more cheaply than one by one), or None.
+    load_arrays: (split, size) -> (images uint8 [N, size, size, 3], labels int32 [N]) of a
+                 classification split the source holds in memory, resized, in split order; or None.
     """
 
     name: str
@@ -55,6 +60,8 @@ class Source:
     load_split: Callable[[str], tf.data.Dataset] = field(repr=False)
     skipped: tuple[Skipped, ...] = ()
     train_label_counts: tuple[int, ...] = ()
+    load_resized: Callable[[str, int], tf.data.Dataset | None] | None = field(default=None, repr=False)
+    load_arrays: Callable[[str, int], tuple | None] | None = field(default=None, repr=False)
 
     @property
     def num_classes(self) -> int:
@@ -64,6 +71,18 @@ class Source:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
         return self.load_split(split)
+
+    def resized_examples(self, split: str, size: int) -> tf.data.Dataset | None:
+        """The split at ``size`` px as the source prepared it, or None (then resize ``examples``)."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        return self.load_resized(split, size) if self.load_resized is not None else None
+
+    def resized_arrays(self, split: str, size: int):
+        """(images uint8 [N, size, size, 3], labels int32 [N]) held in memory, or None."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        return self.load_arrays(split, size) if self.load_arrays is not None else None
 
 
 def classification_element_spec() -> dict:

@@ -224,8 +224,13 @@ def open_tfds(spec: str, name: str, task: str, data_dir: Path) -> Source:
 
 
 def open_source(spec: str, task: str = "classify", *, data_dir: Path | None = None,
-                seed: int = 0, skip_bad: bool = False) -> Source:
-    """Open a ``DATA=`` spec. Raises ConfigError / DataError with a message naming what is wrong."""
+                seed: int = 0, skip_bad: bool = False, image_size: int | None = None) -> Source:
+    """Open a ``DATA=`` spec. Raises ConfigError / DataError with a message naming what is wrong.
+
+    ``data_dir``: where prepared data lives (tfds data, and the file sources' manifests).
+    ``image_size``: the model's input side when the caller knows it: ``folder:`` then keeps the
+    resized pixels of the files it decodes to check them, and the first epoch reads those.
+    """
     if task not in TASKS:
         raise ConfigError(f"TASK={task}: unknown task; expected one of {', '.join(TASKS)}")
     spec = (spec or "").strip()
@@ -240,11 +245,11 @@ def open_source(spec: str, task: str = "classify", *, data_dir: Path | None = No
             raise ConfigError(f"DATA={spec}: folder: is a classification source; for TASK=detect use voc: or coco:")
         if not rest:
             raise ConfigError(f"DATA={spec}: folder: needs a path, e.g. folder:~/photos")
-        return open_folder(spec, rest, seed=seed, skip_bad=skip_bad)
+        return open_folder(spec, rest, seed=seed, skip_bad=skip_bad, data_dir=data_dir, image_size=image_size)
     if kind in ("voc", "coco") and sep:
         if task != "detect":
             raise ConfigError(f"DATA={spec}: {kind}: is a detection source; use it with TASK=detect")
         if kind == "voc":
-            return open_voc(spec, rest, seed=seed, skip_bad=skip_bad)
-        return open_coco(spec, rest, seed=seed, skip_bad=skip_bad)
+            return open_voc(spec, rest, seed=seed, skip_bad=skip_bad, data_dir=data_dir)
+        return open_coco(spec, rest, seed=seed, skip_bad=skip_bad, data_dir=data_dir)
     raise ConfigError(f"DATA={spec!r}: unknown data source; expected one of: {FORMS}")

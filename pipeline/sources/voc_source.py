@@ -14,9 +14,10 @@ Label names are the class names found in the training annotations (the pool the 
 comes from), sorted, as written (case kept); or exactly ``classes=`` in the order given. A class
 in another split that is not among them is an error. ``difficult`` objects are kept and flagged.
 
-Every annotation is parsed and every image's header read up front, so a bad sample is reported
-(or, with skip_bad, skipped and counted) before anything is written; pixels are decoded later,
-in parallel, in tf.data.
+Every annotation is parsed, every image's header read and every image decoded once up front (in
+parallel, in-graph; annotation_files._checked_pixels, remembered in a manifest beside the prepared
+data), so a bad sample is reported (or, with skip_bad, skipped and counted) before anything is
+written; the training pixels are decoded again in the first epoch, in tf.data.
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ import numpy as np
 
 from common.errors import ConfigError, DataError
 from pipeline.sources.images import IMAGE_EXTENSIONS
-from pipeline.sources.annotation_files import Annotated, detection_source, image_size, keep_or_skip, parallel
+from pipeline.sources.annotation_files import (Annotated, detection_source, image_info, keep_or_skip, orientation_note,
+                                               parallel)
 from pipeline.sources.options import parse_options, split_spec
 from pipeline.sources.schema import SPLITS, Skipped, Source
 from pipeline.sources.splits import carve_splits
@@ -52,6 +54,8 @@ class _Parsed:
     names: tuple[str, ...]
     boxes: np.ndarray
     difficult: np.ndarray
+    decoder: int
+    orientation: int
 
 
 def _text(node: ET.Element, tag: str, xml: Path, where: str = "") -> str:
@@ -101,9 +105,10 @@ def parse_voc_xml(xml: Path, images_dir: Path) -> _Parsed:
     width, height = int(width), int(height)
     filename = root.findtext("filename")
     image = _find_image(images_dir, xml.stem, filename.strip() if filename and filename.strip() else None)
-    actual = image_size(image)
-    if actual != (width, height):
-        raise DataError(xml, f"<size> says {width}x{height} but {image.name} is {actual[0]}x{actual[1]}")
+    info = image_info(image)
+    if (info.width, info.height) != (width, height):
+        raise DataError(xml, f"<size> says {width}x{height} but {image.name} is {info.width}x{info.height}"
+                             f"{orientation_note(info)}")
     names, boxes, difficult = [], [], []
     for k, obj in enumerate(root.findall("object"), start=1):
         name = _text(obj, "name", xml, f" in object {k}")
@@ -124,7 +129,8 @@ def parse_voc_xml(xml: Path, images_dir: Path) -> _Parsed:
         names.append(name)
         boxes.append(voc_box_to_normalized(xmin, ymin, xmax, ymax, width, height))
         difficult.append(flag == "1")
-    return _Parsed(xml, image, tuple(names), np.array(boxes, np.float32).reshape(-1, 4), np.array(difficult, bool))
+    return _Parsed(xml, image, tuple(names), np.array(boxes, np.float32).reshape(-1, 4), np.array(difficult, bool),
+                   info.decoder, info.orientation)
 
 
 def _voc_root(path: Path) -> Path:
@@ -175,7 +181,8 @@ def voc_split_ids(root: Path, seed: int) -> tuple[dict[str, list[str]], list[str
     return carve_splits(pool, held, seed), pool
 
 
-def open_voc(spec: str, rest: str, *, seed: int = 0, skip_bad: bool = False) -> Source:
+def open_voc(spec: str, rest: str, *, seed: int = 0, skip_bad: bool = False,
+             data_dir: Path | None = None) -> Source:
     path_text, option_text = split_spec(rest)
     if not path_text:
         raise ConfigError(f"DATA={spec}: voc: needs a path, e.g. voc:~/VOCdevkit/VOC2007")
@@ -204,10 +211,11 @@ def open_voc(spec: str, rest: str, *, seed: int = 0, skip_bad: bool = False) -> 
         unknown = sorted(set(p.names) - set(index))
         if unknown:
             return DataError(p.xml, f"class(es) {unknown} not among {source_of_names} {label_names}")
-        return Annotated(p.image, p.boxes, np.array([index[n] for n in p.names], np.int32).reshape(-1), p.difficult)
+        return Annotated(p.image, p.boxes, np.array([index[n] for n in p.names], np.int32).reshape(-1), p.difficult,
+                         p.decoder, p.orientation)
 
     data = {}
     for split in SPLITS:
         records = [to_record(by_id[i]) for i in splits[split] if isinstance(by_id[i], _Parsed)]
         data[split] = keep_or_skip(records, skipped, skip_bad)
-    return detection_source(spec, label_names, data, skipped, root)
+    return detection_source(spec, label_names, data, skipped, root, kind="voc", skip_bad=skip_bad, data_dir=data_dir)

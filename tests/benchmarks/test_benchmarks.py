@@ -2,9 +2,9 @@
 
 The benchmarks are product code (`make bench`) that no other test runs: issue 15 found the
 pipeline benchmark reading tfds' ~/tensorflow_datasets instead of the data dir it was
-given, which only a run from a fresh clone showed. Here all seven run once (about seven and a
-half minutes on 2 cores: the detector's conversions, the two-worker cluster and the quality
-benchmark's six command-line runs cost most) into a temporary output folder, with a temporary
+given, which only a run from a fresh clone showed. Here all eight run once (about ten minutes on
+2 cores: the detector's conversions, the two-worker cluster, and the quality and tuning-quality
+benchmarks' command-line runs cost most) into a temporary output folder, with a temporary
 data dir, HOME and working directory, and each one's JSON is checked for its figures; the
 numbers themselves measure nothing.
 """
@@ -36,6 +36,7 @@ FILES = {
     "detector-int8": ("detector_int8_profile.json", "detector_int8_profile.md"),
     "distribute": ("distribute.json", "distribute.md"),
     "quality": ("quality.json", "quality.md"),
+    "tuning-quality": ("tuning_quality.json", "tuning_quality.md"),
 }
 # The heading each benchmark's Markdown page starts with, as summary.md must show it.
 HEADINGS = {
@@ -46,6 +47,7 @@ HEADINGS = {
     "detector-int8": "# Where the int8 detector's time goes",
     "distribute": "# Multi-worker training throughput",
     "quality": "# Quality with the default settings",
+    "tuning-quality": "# Tuning against the default",
 }
 
 
@@ -142,9 +144,25 @@ def test_export_figures(smoke_run):
 
 def test_tuning_figures(smoke_run):
     r = _read(smoke_run.out, "tuning_memory.json")
-    assert r["trials"] == 2 and len(r["rss_mb"]) == 2
+    assert r["trials"] == 3 and len(r["rss_mb"]) == 3 and r["trials_per_process"] == 2  # two processes
     assert all(_positive(v) for v in r["rss_mb"])
-    assert isinstance(r["flat"], bool) and math.isfinite(r["growth_mb_per_trial"])
+    assert isinstance(r["flat"], bool) and math.isfinite(r["growth_mb_per_trial_in_one_process"])
+    assert r["peak_over_first_mb"] == pytest.approx(max(r["rss_mb"]) - r["rss_mb"][0], abs=0.2)
+
+
+def test_tuning_quality_figures(smoke_run):
+    r = _read(smoke_run.out, "tuning_quality.json")
+    digits = r["sets"]["digits"]
+    assert list(r["sets"]) == ["digits"] and "cores" in r["cpu"]
+    for key in ("default_test_accuracy",):
+        assert 0 <= digits[key] <= 1
+    assert digits["tuned"]["trials"] == 2
+    assert digits["fast"] is None or digits["fast"]["trials"] == 2  # None: no trial met the half-latency limit
+    assert digits["fastest_trial_ms"] > 0
+    assert digits["gap_points"] == pytest.approx(100 * (digits["tuned"]["test_accuracy"]
+                                                        - digits["default_test_accuracy"]), abs=0.01)
+    assert digits["latency_limit_ms"] == pytest.approx(digits["tuned"]["default"]["latency_ms"] / 2, abs=1e-4)
+    assert digits["tuned"]["default"]["trial_id"] == "0"  # the default is trial 0 of the search
 
 
 def test_detection_figures(smoke_run):

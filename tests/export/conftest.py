@@ -41,3 +41,30 @@ def test_images(export_data):
     """float32 [N, 32, 32, 3] 0..255 and int32 [N] from the test split."""
     return export_data.test_images, export_data.test_labels
 
+
+
+@pytest.fixture(scope="session")
+def classifier_run(tiny_run, export_data_dir, tmp_path_factory):
+    """A copy of tiny_run exported as float32 and int8 through the export contract (golden/ included)."""
+    import shutil
+
+    from export.classifier_export import ClassifierExport
+    from export.exporter import ExportConfig, export_run
+
+    run = tmp_path_factory.mktemp("web-classifier") / "classify-tiny"
+    shutil.copytree(tiny_run, run)
+    cfg = ExportConfig(modes=("float32", "int8"), calib=32, min_agreement=0.5, latency_runs=3)  # a tiny model
+    export_run(ClassifierExport(run, cfg, data_dir=export_data_dir, log=lambda *_: None), run, cfg,
+               log=lambda *_: None)
+    return run
+
+
+@pytest.fixture(scope="session")
+def detector_run(exported, tmp_path_factory):
+    """A copy of the session's exported tiny detector run (tests/conftest.py: exported; golden/ included)."""
+    import shutil
+
+    run, _ = exported
+    copy = tmp_path_factory.mktemp("web-detector") / "detect-tiny"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("app", ".lock"))
+    return copy

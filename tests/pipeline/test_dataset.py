@@ -1,9 +1,13 @@
+from dataclasses import replace
+
 import numpy as np
 import tensorflow as tf
+from PIL import Image
 
 from pipeline.augment import AugmentConfig, augment_batch
 from pipeline.dataset import PipelineConfig, classification_dataset
 from pipeline.preprocess import preprocess_image
+from pipeline.sources.specs import open_source
 
 
 def _collect(ds):
@@ -94,3 +98,37 @@ def test_contrast_keeps_each_image_mean_and_brightness_shifts_it():
     shift = bright - images.numpy()
     np.testing.assert_allclose(shift, shift[:, :1, :1, :1] * np.ones_like(shift), atol=1e-3)  # one offset per image
     assert np.abs(shift).max() <= 0.1 * 255 + 1e-3
+
+
+def test_preprocess_is_the_same_one_by_one_batched_and_at_the_same_size():
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, (5, 30, 40, 3), dtype=np.uint8)
+    batched = preprocess_image(images, 16).numpy()
+    for image, out in zip(images, batched):
+        np.testing.assert_array_equal(preprocess_image(image, 16).numpy(), out)
+    # Inside tf.data the size is unknown when traced: the resize runs, and is an exact identity.
+    ds = tf.data.Dataset.from_generator(lambda: iter(images), output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
+    same = [x.numpy() for x in ds.map(lambda x: preprocess_image(x[:16, :16], 16))]
+    np.testing.assert_array_equal(np.stack(same), images[:, :16, :16])
+
+
+def test_a_split_held_in_memory_batches_like_the_cached_path(tmp_path):
+    """folder: with the input size keeps the pixels in memory and batches by gathering shuffled
+    indices; the order and pixels are those of the cache -> shuffle -> batch path, seed for seed."""
+    rng = np.random.default_rng(4)
+    for c in ("a", "b", "c"):
+        (tmp_path / "d" / c).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(rng.integers(0, 255, (9, 11, 3), dtype=np.uint8)).save(tmp_path / "d" / c / f"{i}.png")
+    src = open_source(f"folder:{tmp_path / 'd'}", data_dir=tmp_path / "data", image_size=8)
+    assert src.resized_arrays("train", 8) is not None and src.resized_arrays("train", 9) is None
+    cached = replace(src, load_arrays=None)
+    cfg = PipelineConfig(image_size=8, batch_size=5, shuffle_buffer=7, augment=AugmentConfig(flip=False, zoom=0,
+                                                                                             brightness=0, contrast=0))
+    for training in (True, False):
+        fast = classification_dataset(src, "train", cfg, training=training, seed=3)
+        slow = classification_dataset(cached, "train", cfg, training=training, seed=3)
+        for _ in range(2):  # two epochs: reshuffled alike
+            a, b = _collect(fast), _collect(slow)
+            np.testing.assert_array_equal(a[0], b[0])
+            np.testing.assert_array_equal(a[1], b[1])

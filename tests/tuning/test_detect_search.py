@@ -67,12 +67,12 @@ def test_best_detector_is_retrained_into_the_run_folder_and_reported(searched):
     folder = RunFolder(searched)
     assert folder.is_complete() and folder.labels.exists()
     metrics = json.loads((searched / "metrics.json").read_text())
-    assert best["retrained"] == {"epochs": 1, "test_map": metrics["test"]["map"],
+    assert best["retrained"] == {"steps": metrics["steps"], "test_map": metrics["test"]["map"],
                                  "test_map50": metrics["test"]["map50"]}
     report = (tuning / "report.md").read_text()
     assert f"**Ship trial {best['trial_id']}.**" in report
     assert f"**test mAP@[.5:.95] {metrics['test']['map']:.3f}**" in report
-    assert "| trial | status | feasible | accuracy | val mAP | params |" in report
+    assert "| trial | status | steps | feasible | accuracy | val mAP | params |" in report
     assert "| aspect_ratios | choice | 1, 1:2:0.5 |" in report
     for plot in plot_names(MAP):
         assert (tuning / "plots" / plot).read_bytes()[:4] == b"\x89PNG" and f"(plots/{plot})" in report

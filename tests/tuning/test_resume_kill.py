@@ -5,28 +5,12 @@ import csv
 import json
 import signal
 import subprocess
-import time
-from pathlib import Path
 
 import pytest
 
+from tests.tuning.run_logs import wait_for_first_line
+
 pytestmark = pytest.mark.heavy
-
-
-def _wait_for_first_run_line(runs_log: Path, proc: subprocess.Popen, log: Path, timeout: float = 150.0) -> None:
-    """Return once ``runs_log`` holds one complete line: the tuner writes it as the trial starts
-    (tuning.search: run_trial), after the oracle has saved the trial as RUNNING and before it
-    trains. Polling a file the trial writes, not a fixed sleep: no race with the trial's speed."""
-    deadline = time.monotonic() + timeout
-    while not (runs_log.exists() and runs_log.read_text().endswith("\n")):
-        if proc.poll() is not None:
-            pytest.fail(f"the search ended (status {proc.returncode}) before {runs_log} was written:\n"
-                        + log.read_text(errors="replace")[-3000:])
-        if time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            pytest.fail(f"{runs_log} was not written in {timeout} s")
-        time.sleep(0.05)
 
 
 def test_rerun_after_sigkill_continues_where_it_was(tmp_path, tiny_args, tune_subprocess):
@@ -39,7 +23,7 @@ def test_rerun_after_sigkill_continues_where_it_was(tmp_path, tiny_args, tune_su
     log = tmp_path / "first.log"
     with log.open("wb") as out:  # a file, not a pipe nobody reads: the child can never block on it
         first = subprocess.Popen(command(args), env=env, stdout=out, stderr=subprocess.STDOUT)
-        _wait_for_first_run_line(project / "trial_1" / "runs.log", first, log)  # trial 0 done, trial 1 started
+        wait_for_first_line(project / "trial_1" / "runs.log", first, log)  # trial 0 done, trial 1 started
         first.send_signal(signal.SIGKILL)
         first.wait()
     assert first.returncode == -signal.SIGKILL, "the search ended before it could be killed"

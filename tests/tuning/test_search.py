@@ -34,6 +34,14 @@ def test_three_trial_search_writes_a_complete_report(tmp_path, tiny_args):
         assert all(r[n] != "" for n in used), r
         assert all(r[n] == "" for n in active if n not in used), r
         assert 0 <= float(r["val_accuracy"]) <= 1 and int(r["int8_bytes"]) > 1000 and float(r["latency_ms"]) > 0
+        assert int(r["steps"]) == settings.fidelity.full_steps  # random search: every trial at the top rung
+
+    # Trial 0 is the model `make train` builds: the default CNN at the default learning rate.
+    assert {k: rows[0][k] for k in ("conv_blocks", "filters_1", "filters_2", "filters_3", "kernel_size", "pool_size",
+                                    "pool_stride", "dense_layers", "units_1", "dropout", "learning_rate")} == \
+        {"conv_blocks": "3", "filters_1": "16", "filters_2": "32", "filters_3": "64", "kernel_size": "3",
+         "pool_size": "2", "pool_stride": "2", "dense_layers": "1", "units_1": "128", "dropout": "0.3",
+         "learning_rate": "0.002"}
 
     best = json.loads((tuning / "best_hyperparameters.json").read_text())
     records = [TrialRecord(r["trial_id"], r["status"], {}, float(r["val_accuracy"]), int(r["params"]),
@@ -44,8 +52,16 @@ def test_three_trial_search_writes_a_complete_report(tmp_path, tiny_args):
     assert best["retrained"]["test_accuracy"] >= 0 and best["why"].startswith(f"Trial {best['trial_id']}")
 
     report = (tuning / "report.md").read_text()
+    headline = report.splitlines()[2]  # the first line after the title: default vs shipped
+    if best["trial_id"] == "0":
+        assert headline.startswith("**The default wins.**") and best["default"]["default_wins"]
+    else:
+        assert headline.startswith((f"**Trial {best['trial_id']} beats the default**",
+                                    "**Warning: the shipped model is worse than the default"))
+    assert "| trial | 0 | " + best["trial_id"] + " |" in report
+    assert best["default"]["test"] is not None  # the default's test accuracy, from trial 0's weights
     assert f"**Ship trial {best['trial_id']}.**" in report and "test accuracy" in report
-    assert "## Search space (as searched" in report and "| learning_rate | choice | 0.001, 0.003, 0.0003 |" in report
+    assert "## Search space (as searched" in report and "| learning_rate | choice | 0.002, 0.001, 0.005, 0.0005 |" in report
     for plot in plot_names():
         assert (tuning / "plots" / plot).read_bytes()[:4] == b"\x89PNG"
         assert f"(plots/{plot})" in report

@@ -15,8 +15,8 @@ ADVERTISED = {
     "pool_stride": (2, 3),
     "dense_layers": (0, 1),
     "units_1": (32, 64, 128),
-    "dropout": (0.0, 0.2, 0.4),
-    "learning_rate": (1e-3, 3e-3, 3e-4),
+    "dropout": (0.3, 0.0, 0.5),
+    "learning_rate": (2e-3, 1e-3, 5e-3, 5e-4),
 }
 
 
@@ -42,15 +42,30 @@ def test_default_space_is_exactly_the_advertised_one():
     assert _registered(space) == ADVERTISED
 
 
+def test_the_default_space_holds_the_make_train_model():
+    """Trial 0 is `make train`'s CNN at its learning rate: the values that sample back into exactly it."""
+    from models.cnn import CNNConfig
+    from pipeline.training.classifier import TrainConfig
+
+    space = SearchSpace()
+    values = space.values_of(CNNConfig(), TrainConfig().learning_rate)
+    assert values is not None
+    hp = kt.HyperParameters()
+    hp.values.update(values)
+    assert sample_cnn_config(hp, space) == (CNNConfig(), TrainConfig().learning_rate)
+    # A space narrowed away from the default cannot hold it: no trial 0 then, and the report says so.
+    assert load_space(None, ["filters=8"]).values_of(CNNConfig(), TrainConfig().learning_rate) is None
+
+
 def test_sampled_config_uses_only_the_active_blocks_and_layers():
     hp = kt.HyperParameters()
     hp.values.update({"conv_blocks": 2, "filters_1": 16, "filters_2": 32, "filters_3": 8, "kernel_size": 5,
-                      "pool_size": 3, "pool_stride": 2, "dense_layers": 0, "units_1": 64, "dropout": 0.2,
-                      "learning_rate": 3e-3})
+                      "pool_size": 3, "pool_stride": 2, "dense_layers": 0, "units_1": 64, "dropout": 0.5,
+                      "learning_rate": 5e-3})
     cfg, lr = sample_cnn_config(hp, SearchSpace())
     assert cfg.filters == (16, 32)
     assert cfg.hidden_units == ()
-    assert (cfg.kernel_size, cfg.pool_size, cfg.pool_stride, cfg.dropout, lr) == (5, 3, 2, 0.2, 3e-3)
+    assert (cfg.kernel_size, cfg.pool_size, cfg.pool_stride, cfg.dropout, lr) == (5, 3, 2, 0.5, 5e-3)
     assert not hp.is_active("filters_3") and not hp.is_active("units_1")
 
 

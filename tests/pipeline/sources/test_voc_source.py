@@ -3,6 +3,7 @@ import pytest
 from PIL import Image
 
 from common.errors import ConfigError, DataError
+from pipeline.sources import file_check
 from pipeline.sources.specs import open_source
 from pipeline.sources.splits import seeded_split
 from pipeline.sources.voc_source import voc_box_to_normalized
@@ -194,3 +195,23 @@ def test_voc_spec_errors(tmp_path):
         open_source(f"voc:{tmp_path / 'empty'}", "detect")
     with pytest.raises(DataError, match="not found"):
         open_source(f"voc:{tmp_path / 'nowhere'}", "detect")
+
+
+def test_a_truncated_image_is_named_before_anything_is_written_and_remembered(tmp_path, monkeypatch):
+    """voc: decodes every image once when opened (in-graph, in parallel); the manifest in the data
+    dir spares a rerun that decode."""
+    root = _voc(tmp_path / "VOC")
+    rng = np.random.default_rng(5)
+    path = root / "JPEGImages" / "b.jpg"
+    Image.fromarray(rng.integers(0, 255, (H, W, 3), dtype=np.uint8)).save(path, quality=100, subsampling=0)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - len(data) // 4])  # the header intact, a quarter of the scan gone
+    with pytest.raises(DataError, match=r"b\.jpg: corrupt or truncated image.*SKIP_BAD=1"):
+        open_source(f"voc:{root}", "detect", data_dir=tmp_path / "data")
+    src = open_source(f"voc:{root}", "detect", data_dir=tmp_path / "data", skip_bad=True)
+    assert [s.path for s in src.skipped] == [str(path)]
+    decoded = []
+    real = file_check._fast_pass
+    monkeypatch.setattr(file_check, "_fast_pass", lambda paths, *a: decoded.extend(paths) or real(paths, *a))
+    again = open_source(f"voc:{root}", "detect", data_dir=tmp_path / "data", skip_bad=True)
+    assert decoded == [] and again.split_sizes == src.split_sizes
