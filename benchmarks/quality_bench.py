@@ -84,7 +84,7 @@ def steps_of(metrics: dict, config: dict) -> int:
     return int(metrics["epochs_run"]) * math.ceil(metrics["split_sizes"]["train"] / config["batch_size"])
 
 
-def _cli(*args: str) -> float:
+def run_cli(*args: str) -> float:
     """Run ``cli.py ARGS`` in a child process (output shown as it comes); its wall seconds.
     A failure stops the benchmark with the command and its exit status."""
     command = [sys.executable, str(CLI), *args]
@@ -112,12 +112,12 @@ def train_export_eval(task: str, data: str, run: Path, size: QualitySize, scores
     where the source's prepared files (its manifest) go, as `make train DATA_DIR=`."""
     shutil.rmtree(run, ignore_errors=True)  # the current defaults, trained now: never a finished run
     where = ("--data-dir", str(data_dir))
-    seconds = {"train": _cli("train", "--task", task, "--data", data, "--run", str(run), *where, *size.train_flags)}
+    seconds = {"train": run_cli("train", "--task", task, "--data", data, "--run", str(run), *where, *size.train_flags)}
     # --min-agreement 0: the int8 model is scored whatever its agreement with Keras (export's gate
     # would stop here, e.g. on a smoke run's barely trained model); the int8 column shows any drop
-    seconds["export"] = _cli("export", "--run", str(run), "--quant", "int8", "--min-agreement", "0", *where)
+    seconds["export"] = run_cli("export", "--run", str(run), "--quant", "int8", "--min-agreement", "0", *where)
     model = run / "export" / "model_int8.tflite"
-    seconds["eval"] = _cli("eval", "--run", str(run), "--model", str(model), *where)
+    seconds["eval"] = run_cli("eval", "--run", str(run), "--model", str(model), *where)
     metrics, config, tflite = read_json(run / "metrics.json"), read_json(run / "config.json"), _eval_result(run, model)
     return {
         "data": data,

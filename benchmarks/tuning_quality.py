@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.data_paths import resolve_data_dir
-from benchmarks.quality_bench import _cli
+from benchmarks.quality_bench import run_cli
 from benchmarks.quality_data import write_digits_folder
 from common.run_folder import read_json, write_json, write_text
 from export.runtime import cpu_description
@@ -62,15 +62,15 @@ def run_one(name: str, data: str, out: Path, size: TuningQualitySize, data_dir: 
     runs = {k: out / f"tuning-quality-{name}-{k}" for k in ("train", "tune", "tune-fast")}
     for run in runs.values():
         shutil.rmtree(run, ignore_errors=True)  # the current defaults, run now
-    seconds = {"train": _cli("train", *common, "--run", str(runs["train"]), *size.train_flags)}
+    seconds = {"train": run_cli("train", *common, "--run", str(runs["train"]), *size.train_flags)}
     default_test = read_json(runs["train"] / "metrics.json")["test"]["accuracy"]
-    seconds["tune"] = _cli("tune", *common, "--run", str(runs["tune"]), *size.tune_flags)
+    seconds["tune"] = run_cli("tune", *common, "--run", str(runs["tune"]), *size.tune_flags)
     tuned = _tuned(runs["tune"])
     default_latency = (tuned["default"] or {}).get("latency_ms") or tuned["latency_ms"]
     limit = round(default_latency / 2, 4)
     start = time.perf_counter()
     try:
-        _cli("tune", *common, "--run", str(runs["tune-fast"]), "--max-latency-ms", str(limit), *size.tune_flags)
+        run_cli("tune", *common, "--run", str(runs["tune-fast"]), "--max-latency-ms", str(limit), *size.tune_flags)
         fast = _tuned(runs["tune-fast"])
     except RuntimeError:  # no trial met the limit: `make tune` says so and ships nothing
         fast = None

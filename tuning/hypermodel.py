@@ -47,7 +47,8 @@ from pipeline.training.budget import warmup_cosine
 from pipeline.training.detector import build_detector, compile_detector, keras_detect_fn
 from tuning.fidelity import Fidelity
 from tuning.objective import ObjectiveConfig, objective_value
-from tuning.space import MobileNetSearchSpace, SearchSpace, sample_cnn_config, sample_mobilenet_config
+from tuning.space import (MobileNetSearchSpace, SearchSpace, sample_cnn_config, sample_mobilenet_config,
+                          trial_input_size)
 
 # A trial's int8 calibration: fewer images than an export's (export.convert.CALIBRATION_IMAGES),
 # since a trial's int8 model is only measured (size, latency), never shipped.
@@ -91,10 +92,16 @@ def measure_int8(model, calibration, *, latency_runs: int = LATENCY_RUNS) -> Int
 
 
 class CNNHyperModel(keras_tuner.HyperModel):
-    """build(hp) -> build_cnn(sample_cnn_config(hp)); fit() trains, converts and measures."""
+    """build(hp) -> build_cnn(sample_cnn_config(hp)) at the trial's input side; fit() trains, converts
+    and measures.
+
+    ``input_size``: `make train`'s side; a trial's is that times its input_scale
+    (``space.trial_input_size``). ``data``: side -> (train, validation) datasets at that side, for
+    trials whose side differs from ``input_size`` (the search passes those at ``input_size``).
+    """
 
     def __init__(self, space: SearchSpace, *, num_classes: int, input_size: int, objective: ObjectiveConfig,
-                 fidelity: Fidelity, latency_runs: int = LATENCY_RUNS, name: str = "cnn"):
+                 fidelity: Fidelity, latency_runs: int = LATENCY_RUNS, name: str = "cnn", data=None):
         super().__init__(name=name)
         self.space = space
         self.fidelity = fidelity
@@ -102,11 +109,18 @@ class CNNHyperModel(keras_tuner.HyperModel):
         self.input_size = input_size
         self.objective = objective
         self.latency_runs = latency_runs
+        self.data = data
+
+    def trial_size(self, hp) -> int:
+        """The input side of the trial ``hp``."""
+        cfg, _ = sample_cnn_config(hp, self.space)
+        return trial_input_size(hp, self.space, self.input_size, cfg)
 
     def network(self, hp):
         """(the uncompiled model of ``hp``, its learning rate)."""
         cfg, learning_rate = sample_cnn_config(hp, self.space)
-        return build_cnn(cfg, self.num_classes, self.input_size), learning_rate
+        side = trial_input_size(hp, self.space, self.input_size, cfg)
+        return build_cnn(cfg, self.num_classes, side), learning_rate
 
     def build(self, hp):
         model, learning_rate = self.network(hp)
@@ -117,6 +131,12 @@ class CNNHyperModel(keras_tuner.HyperModel):
 
     def fit(self, hp, model, *args, **kwargs):
         start = time.perf_counter()
+        side = self.trial_size(hp)
+        if side != self.input_size:
+            if self.data is None:
+                raise ValueError(f"a trial at {side}px needs the search's data at that size (data=)")
+            train, kwargs["validation_data"] = self.data(side)
+            args = (train, *args[1:])
         history = fit_steps(model, self.fidelity, *args, **kwargs)
         val_accuracy = float(max(history.history["val_accuracy"]))
         measured = measure_int8(model, calibration_images(kwargs["validation_data"]),
@@ -141,6 +161,9 @@ class MobileNetHyperModel(CNNHyperModel):
     def __init__(self, space: MobileNetSearchSpace, base: MobileNetConfig, **kwargs):
         super().__init__(space, name="mobilenetv2", **kwargs)
         self.base = base
+
+    def trial_size(self, hp) -> int:
+        return self.input_size  # ImageNet weights come at fixed sizes: the search keeps `make train`'s
 
     def network(self, hp):
         cfg, learning_rate = sample_mobilenet_config(hp, self.space, self.base)

@@ -22,7 +22,8 @@ from export.runtime import cpu_description
 from pipeline.evaluation.report import plt, save_figure
 from tuning.objective import (ACCURACY, ObjectiveConfig, Quality, TrialRecord, choose_best, contenders, explain_best,
                               feasible, objective_value, pareto_front)
-from tuning.objective import describe_violation as _describe_violation
+from tuning.objective import describe_violation
+from tuning.tunables import describe_seeds
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class Comparison:
                     f"and ships.")
         worse = self.default_test is not None and self.best_test < self.default_test
         if not feasible(self.default, cfg.constraints):
-            broken = ", ".join(_describe_violation(name, self.default, cfg.constraints)
+            broken = ", ".join(describe_violation(name, self.default, cfg.constraints)
                                for name in cfg.constraints.violations(self.default.int8_bytes,
                                                                       self.default.latency_ms))
             tests = "" if self.default_test is None else (
@@ -296,6 +297,18 @@ def write_hparams_logs(records: list[TrialRecord], cfg: ObjectiveConfig, space, 
 
 # --- report.md ---------------------------------------------------------------------------------------
 
+def _input_sizes(tune_cfg) -> str:
+    """How the trials' input side was chosen, in words."""
+    space = tune_cfg.space.to_dict()
+    if "input_size" in space:
+        return "input size searched"
+    scales = [s for s in space.get("input_scale", [1.0]) if s != 1.0]
+    if not scales:
+        return f"{tune_cfg.image_size}px"
+    return (f"{tune_cfg.image_size}px (`make train`'s) or " + ", ".join(f"{s:g}" for s in scales)
+            + " of it (input_scale)")
+
+
 def _table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -340,12 +353,11 @@ def _markdown(records, tune_cfg, summary: dict, source, final: dict | None, fold
         _table(["setting", "value"], [
             ["data", f"{tune_cfg.data} ({', '.join(f'{k} {v}' for k, v in source.split_sizes.items())} images)"],
             ["tuner", f"{tune_cfg.tuner} (Keras Tuner), seed {tune_cfg.seed}"],
-            ["trials", f"{len(records)} run, {done} completed, budget {tune_cfg.trials}; trial 0 is the default; "
+            ["trials", f"{len(records)} run, {done} completed, budget {tune_cfg.trials}; {describe_seeds(tune_cfg)}; "
                        f"{tune_cfg.trials_per_process} per process"],
             ["per trial", f"{tune_cfg.fidelity.describe(tune_cfg.tuner)} on {trial_images} train images "
                           f"(only top-rung trials, {tune_cfg.fidelity.full_steps:,} steps, can be shipped), "
-                          + ("input size searched" if "input_size" in tune_cfg.space.to_dict()
-                             else f"{tune_cfg.image_size}px")
+                          + _input_sizes(tune_cfg)
                           + f", batch {tune_cfg.batch_size}{tune_cfg.search.per_trial}"],
             ["objective", cfg.describe()],
             ["constraints", cfg.constraints.describe()],

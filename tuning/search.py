@@ -57,7 +57,7 @@ from tuning.objective import (ObjectiveConfig, TrialRecord, choose_best, contend
                               explain_best)
 from tuning.report import Comparison, write_report
 from tuning.space import SearchSpace, SSDSearchSpace
-from tuning.tunables import TASK_NAMES, TaskSearch, search_named
+from tuning.tunables import TASK_NAMES, TaskSearch, describe_seeds, search_named
 from tuning.tuner_compat import (TrialQuotaReached, check_keras_tuner, ensure_reload, oracle_classes,
                                  tuner_class)
 
@@ -122,8 +122,6 @@ class TuneConfig:
         for name in ("batch_size", "trial_train_examples", "trials_per_process"):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, getattr(search, name))
-        if self.trials is None:
-            object.__setattr__(self, "trials", DEFAULT_TRIALS[self.tuner])
         if self.epochs is not None and self.steps is not None:
             raise ConfigError("EPOCHS= and STEPS= both set the trials' top rung; choose one")
         if self.space is None:
@@ -133,6 +131,9 @@ class TuneConfig:
                               f"not a {type(self.space).__name__}")
         if self.objective.quality != search.quality:
             object.__setattr__(self, "objective", replace(self.objective, quality=search.quality))
+        if self.trials is None:  # the tuner's default, and the seed trials beyond trial 0 on top of it
+            seeds = len(search.seed_values(self)) if self.tuner != "grid" else 1
+            object.__setattr__(self, "trials", DEFAULT_TRIALS[self.tuner] + max(0, seeds - 1))
         for name in ("trials", "epochs", "steps", "final_epochs", "batch_size", "latency_runs", "trials_per_process"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be at least 1")
@@ -242,7 +243,7 @@ def make_tuner(cfg: TuneConfig, hypermodel, folder: TuningFolder, *, max_trials_
     if cfg.tuner != "grid":
         # A grid walks its own order from the first value of every entry (the default, for the
         # detector's and MobileNetV2's spaces); a trial slipped in before it would break its walk.
-        oracle.first_values = cfg.search.default_values(cfg)
+        oracle.seed_values = tuple(cfg.search.seed_values(cfg))
 
     class Tuner(tuner_class(cfg.tuner == "hyperband", max_trials_here)):
         def run_trial(self, trial, *args, **kwargs):
@@ -425,8 +426,7 @@ def tune(cfg: TuneConfig, run_dir: Path, *, data_dir: Path | None = None, worker
         print(f"Continuing the search in {folder.root}")
     print(f"Trials: {cfg.fidelity.describe(cfg.tuner)} ("
           + ("STEPS= / EPOCHS= as given" if top_rung_given else "the top rung is `make train`'s budget")
-          + ("); trial 0 is the default model" if cfg.tuner != "grid" and cfg.search.default_values(cfg)
-             else "); the default model is not a trial of this search (grid, or a space without it)"), flush=True)
+          + "); " + describe_seeds(cfg), flush=True)
 
     if role == "worker":
         run_trials(cfg, source, folder, verbose=verbose)

@@ -38,7 +38,8 @@ from models.mobilenet import ALPHAS as MOBILENET_ALPHAS, NUM_BLOCKS as MOBILENET
 from models.ssd import SSDConfig
 
 RANGES = ("conv_blocks", "dense_layers")
-CHOICES = ("filters", "kernel_size", "pool_size", "pool_stride", "hidden_units", "dropout", "learning_rate")
+CHOICES = ("filters", "kernel_size", "pool_size", "pool_stride", "hidden_units", "dropout", "learning_rate",
+           "input_scale")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,9 @@ class SearchSpace:
     hidden_units: width, chosen per dense layer (units_1, units_2, ...).
     dropout:      rate before each dense layer and the classifier.
     learning_rate: Adam's learning rate.
+    input_scale:  the input side as a share of `make train`'s (the recipe's, or IMAGE_SIZE=): the
+                  strongest lever on latency, since the first convolution runs at full resolution
+                  (``scaled_input_size``: a multiple of 8, raised until the trial's blocks fit).
     """
 
     conv_blocks: tuple[int, int] = (1, 3)
@@ -63,13 +67,14 @@ class SearchSpace:
     hidden_units: tuple[int, ...] = (32, 64, 128)
     dropout: tuple[float, ...] = (0.3, 0.0, 0.5)
     learning_rate: tuple[float, ...] = (2e-3, 1e-3, 5e-3, 5e-4)
+    input_scale: tuple[float, ...] = (1.0, 0.75, 0.5)
 
     def __post_init__(self):
         for name in RANGES:
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
         for name in ("filters", "kernel_size", "pool_size", "pool_stride", "hidden_units"):
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
-        for name in ("dropout", "learning_rate"):
+        for name in ("dropout", "learning_rate", "input_scale"):
             object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
         problems = []
         for name in RANGES:
@@ -93,6 +98,8 @@ class SearchSpace:
             problems.append(f"dropout values must be in [0, 1), got {list(self.dropout)}")
         if any(v <= 0 for v in self.learning_rate):
             problems.append(f"learning_rate values must be positive, got {list(self.learning_rate)}")
+        if any(not 0.0 < v <= 1.0 for v in self.input_scale):
+            problems.append(f"input_scale values must be in (0, 1], got {list(self.input_scale)}")
         if problems:
             raise ConfigError("search space: " + "; ".join(problems))
 
@@ -126,7 +133,7 @@ class SearchSpace:
         values.update(kernel_size=cnn.kernel_size, pool_size=cnn.pool_size, pool_stride=cnn.pool_stride,
                       dense_layers=len(cnn.hidden_units))
         values.update({units_name(j + 1): u for j, u in enumerate(cnn.hidden_units)})
-        values.update(dropout=cnn.dropout, learning_rate=learning_rate)
+        values.update(dropout=cnn.dropout, learning_rate=learning_rate, input_scale=1.0)
         domains = self.hyperparameters()
         inside = all(v in domains[k] for k, v in values.items())
         return values if inside else None
@@ -136,7 +143,7 @@ class SearchSpace:
         blocks = sum(len(self.filters) ** n for n in range(self.conv_blocks[0], self.conv_blocks[1] + 1))
         dense = sum(len(self.hidden_units) ** n for n in range(self.dense_layers[0], self.dense_layers[1] + 1))
         shared = math.prod(len(getattr(self, n)) for n in ("kernel_size", "pool_size", "pool_stride",
-                                                           "dropout", "learning_rate"))
+                                                           "dropout", "learning_rate", "input_scale"))
         return blocks * dense * shared
 
     def hyperparameters(self) -> dict[str, tuple]:
@@ -150,7 +157,7 @@ class SearchSpace:
         out.update(kernel_size=self.kernel_size, pool_size=self.pool_size, pool_stride=self.pool_stride,
                    dense_layers=tuple(range(self.dense_layers[0], self.dense_layers[1] + 1)))
         out.update({units_name(j): self.hidden_units for j in range(1, self.dense_layers[1] + 1)})
-        out.update(dropout=self.dropout, learning_rate=self.learning_rate)
+        out.update(dropout=self.dropout, learning_rate=self.learning_rate, input_scale=self.input_scale)
         return out
 
     def describe(self) -> list[tuple[str, str, str]]:
@@ -284,6 +291,22 @@ def sample_cnn_config(hp, space: SearchSpace) -> tuple[CNNConfig, float]:
     cfg = CNNConfig(filters=tuple(filters), kernel_size=kernel_size, pool_size=pool_size,
                     pool_stride=pool_stride, hidden_units=tuple(units), dropout=dropout)
     return cfg, float(learning_rate)
+
+
+def scaled_input_size(base: int, scale: float, cnn: CNNConfig) -> int:
+    """The input side of a trial: ``base`` (`make train`'s) at ``scale``, a multiple of 8 (at least 8),
+    raised in steps of 8 (up to ``base``) until ``cnn``'s poolings leave at least one pixel."""
+    if scale >= 1.0:
+        return base
+    side = max(8, int(round(base * scale / 8)) * 8)
+    while side < base and feature_map_sizes(cnn, side)[-1] < 1:
+        side += 8
+    return min(side, base)
+
+
+def trial_input_size(hp, space: SearchSpace, base: int, cnn: CNNConfig) -> int:
+    """Ask ``hp`` for the trial's input_scale; its input side (``scaled_input_size``)."""
+    return scaled_input_size(base, float(_choice(hp, "input_scale", space.input_scale)), cnn)
 
 
 # --- the detector ----------------------------------------------------------------------------------

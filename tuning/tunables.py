@@ -9,6 +9,7 @@ the object (a resumed search, a worker process).
 """
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 
 import keras_tuner
@@ -28,7 +29,7 @@ from pipeline.training.recipe import classifier_image_size, profile_source
 from tuning.hypermodel import CNNHyperModel, MobileNetHyperModel, SSDHyperModel
 from tuning.objective import ACCURACY, MAP, Quality
 from tuning.space import (MobileNetSearchSpace, SearchSpace, SSDSearchSpace, sample_cnn_config, sample_mobilenet_config,
-                          sample_ssd_config)
+                          sample_ssd_config, trial_input_size)
 
 # ``cfg`` below is a tuning.search.TuneConfig; annotations only (search imports this module, and
 # ``from __future__ import annotations`` keeps them unevaluated).
@@ -64,6 +65,12 @@ class TaskSearch(ABC):
     def default_values(self, cfg: TuneConfig) -> dict | None:
         """The hyperparameter values of the model `make train` builds (trial 0); None when the
         searched space does not hold it."""
+
+    def seed_values(self, cfg: TuneConfig) -> list[dict]:
+        """The trials a new search starts with, each trained at the top rung: the default model
+        (trial 0), when the space holds it."""
+        default = self.default_values(cfg)
+        return [] if default is None else [default]
 
     @abstractmethod
     def resolve(self, cfg: TuneConfig, source: Source) -> dict:
@@ -112,13 +119,31 @@ class ClassifierSearch(TaskSearch):
     measurement = ""
 
     def train_config(self, cfg: TuneConfig, hyperparameters: dict, *, epochs: int | None = None) -> TrainConfig:
-        cnn, learning_rate = sample_cnn_config(_hyperparameters(hyperparameters), cfg.space)
-        return TrainConfig(data=cfg.data, image_size=cfg.image_size, batch_size=cfg.batch_size,
+        hp = _hyperparameters(hyperparameters)
+        cnn, learning_rate = sample_cnn_config(hp, cfg.space)
+        return TrainConfig(data=cfg.data, image_size=trial_input_size(hp, cfg.space, cfg.image_size, cnn),
+                           batch_size=cfg.batch_size,
                            epochs=epochs or cfg.final_epochs,
                            learning_rate=learning_rate, seed=cfg.seed, cnn=cnn)
 
     def default_values(self, cfg: TuneConfig) -> dict | None:
         return cfg.space.values_of(CNNConfig(), TrainConfig().learning_rate)
+
+    def seed_values(self, cfg: TuneConfig) -> list[dict]:
+        """Trial 0, then, under MAX_LATENCY_MS= or MAX_SIZE_KB=, the default model made smaller along
+        its two cheapest levers: each smaller input_scale of the space (latency: the first
+        convolution runs at full resolution) and each narrower first dense layer (size: it holds most
+        of the weights). What a person tries first to make a model fit."""
+        seeds = super().seed_values(cfg)
+        limits = cfg.objective.constraints
+        if not seeds or "input_scale" not in seeds[0] or not (limits.max_latency_ms or limits.max_size_kb):
+            return seeds
+        default = seeds[0]
+        seeds += [{**default, "input_scale": s} for s in cfg.space.input_scale if s < default["input_scale"]]
+        if default.get("dense_layers", 0) >= 1:
+            seeds += [{**default, "units_1": u} for u in sorted(cfg.space.hidden_units, reverse=True)
+                      if u < default["units_1"]]
+        return seeds
 
     def resolve(self, cfg: TuneConfig, source: Source) -> dict:
         if cfg.image_size is not None:
@@ -131,26 +156,33 @@ class ClassifierSearch(TaskSearch):
         return model
 
     def test_quality(self, cfg: TuneConfig, model, hyperparameters: dict, source: Source) -> float:
-        test = classification_dataset(source, "test", self._pipeline(cfg), training=False)
+        side = self.hypermodel(cfg, source.num_classes).trial_size(_hyperparameters(hyperparameters))
+        test = classification_dataset(source, "test", self._pipeline(cfg, side), training=False)
         model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         return float(model.evaluate(test, verbose=0, return_dict=True)["accuracy"])
 
     def check(self, cfg: TuneConfig, source: Source) -> None:
         cfg.space.check_input_size(cfg.image_size)
 
-    def _pipeline(self, cfg: TuneConfig):
-        return TrainConfig(data=cfg.data, image_size=cfg.image_size, batch_size=cfg.batch_size).pipeline()
+    def _pipeline(self, cfg: TuneConfig, side: int | None = None):
+        return TrainConfig(data=cfg.data, image_size=side or cfg.image_size, batch_size=cfg.batch_size).pipeline()
 
     def search(self, cfg: TuneConfig, tuner_factory, trials_source: Source, source: Source, verbose: int) -> None:
-        pipe = self._pipeline(cfg)
-        train = classification_dataset(trials_source, "train", pipe, training=True, seed=cfg.seed).repeat()
-        val = classification_dataset(source, "validation", pipe, training=False)
-        tuner_factory(self.hypermodel(cfg, source.num_classes)).search(
+        @functools.lru_cache(maxsize=None)
+        def data(side: int):
+            """(train, validation) at ``side`` px: made once per side the trials ask for."""
+            pipe = self._pipeline(cfg, side)
+            return (classification_dataset(trials_source, "train", pipe, training=True, seed=cfg.seed).repeat(),
+                    classification_dataset(source, "validation", pipe, training=False))
+
+        train, val = data(cfg.image_size)
+        tuner_factory(self.hypermodel(cfg, source.num_classes, data)).search(
             train, validation_data=val, epochs=cfg.fidelity.units, verbose=verbose)
 
-    def hypermodel(self, cfg: TuneConfig, num_classes: int):
+    def hypermodel(self, cfg: TuneConfig, num_classes: int, data=None):
         return CNNHyperModel(cfg.space, num_classes=num_classes, input_size=cfg.image_size,
-                             objective=cfg.objective, fidelity=cfg.fidelity, latency_runs=cfg.latency_runs)
+                             objective=cfg.objective, fidelity=cfg.fidelity, latency_runs=cfg.latency_runs,
+                             data=data)
 
     def retrain(self, train_cfg: TrainConfig, source: Source, run_dir, verbose: int) -> dict:
         return train_classifier(train_cfg, source, run_dir, verbose=verbose)
@@ -194,10 +226,10 @@ class MobileNetSearch(ClassifierSearch):
             (default.alpha, default.dropout, default.fine_tune_blocks, TrainConfig().learning_rate)
         return values if same else None
 
-    def hypermodel(self, cfg: TuneConfig, num_classes: int):
+    def hypermodel(self, cfg: TuneConfig, num_classes: int, data=None):
         return MobileNetHyperModel(cfg.space, MobileNetConfig(weights=cfg.weights), num_classes=num_classes,
                                    input_size=cfg.image_size, objective=cfg.objective, fidelity=cfg.fidelity,
-                                   latency_runs=cfg.latency_runs)
+                                   latency_runs=cfg.latency_runs, data=data)
 
     def model_summary(self, train_cfg: TrainConfig) -> dict:
         return {"mobilenet": train_cfg.mobilenet.to_dict()}
@@ -284,3 +316,14 @@ def search_named(name: str, model: str | None = None) -> TaskSearch:
     known = ", ".join(f"{s.name} ({s.model})" for s in SEARCHES.values())
     raise ConfigError(f"TASK={name}" + (f" MODEL={model}" if model else "") + f": expected one of {known}")
 
+
+def describe_seeds(cfg: TuneConfig) -> str:
+    """The trials a search starts with, in words (the first line of `make tune`, the report)."""
+    seeds = cfg.search.seed_values(cfg) if cfg.tuner != "grid" else []
+    if not seeds:
+        return "the default model is not a trial of this search (grid, or a space without it)"
+    text = "trial 0 is the default model"
+    if len(seeds) > 1:
+        changes = ", ".join(" ".join(f"{k}={v:g}" for k, v in s.items() if v != seeds[0][k]) for s in seeds[1:])
+        text += f"; trials 1-{len(seeds) - 1}, also at the top rung, are the default made smaller (a limit is set): {changes}"
+    return text

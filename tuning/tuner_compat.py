@@ -88,17 +88,17 @@ class ResumeSafeOracle:
 
 
 class DefaultFirstOracle:
-    """Mixin for Keras Tuner oracles: the first trial of a new search is ``first_values`` (set after
-    construction; None: the oracle's own choice), trained for ``first_epochs`` (Hyperband's
-    max_epochs: the top rung). Later trials are the oracle's; Keras Tuner remembers the first one's
-    values, so none repeats it."""
+    """Mixin for Keras Tuner oracles: the first trials of a new search are ``seed_values`` (set after
+    construction, in order; trial 0 is the default model), each trained for ``first_epochs``
+    (Hyperband's max_epochs: the top rung). Later trials are the oracle's; Keras Tuner remembers the
+    seeds' values, so none repeats them."""
 
-    first_values: dict | None = None
+    seed_values: tuple[dict, ...] = ()
     first_epochs: int | None = None
 
     def populate_space(self, trial_id):
-        if self.first_values is not None and not self.trials:
-            values = dict(self.first_values)
+        if len(self.trials) < len(self.seed_values):
+            values = dict(self.seed_values[len(self.trials)])
             if self.first_epochs is not None:
                 # Outside every Hyperband bracket: trained once, at the top rung, never promoted.
                 values.update({"tuner/epochs": self.first_epochs, "tuner/initial_epoch": 0,

@@ -19,6 +19,7 @@ from pipeline.sources.images import load_rgb
 
 class Classifier(Protocol):
     label_names: list[str]
+    image_size: int
 
     def predict_image(self, image: np.ndarray) -> np.ndarray:
         """uint8 [H, W, 3] raw RGB -> float32 [num_classes] probabilities."""
@@ -45,7 +46,7 @@ def format_table(rows: list[tuple[str, float]]) -> str:
 
 
 def predict_file(classifier: Classifier, image_path: Path, k: int = 5) -> list[tuple[str, float]]:
-    image = load_rgb(image_path)
+    image = load_rgb(image_path, min_side=classifier.image_size)  # as training decoded it (images.jpeg_scale)
     return top_k(classifier.predict_image(image), classifier.label_names, k)
 
 

@@ -11,7 +11,11 @@ Every new or changed file is decoded once, up front and in parallel (file_check.
 image is reported before anything is written, with its path and the problem. Given the model's
 input size (``image_size``), that same decode fills the cache: the first epoch reads the resized
 pixels and never the files. What was learnt about each file is kept in a manifest beside the
-prepared data (manifest.py), so a rerun on an unchanged folder decodes nothing to open it.
+prepared data (manifest.py), so a rerun on an unchanged folder decodes nothing to open it; the
+resized pixels at each input size are kept there too (pixel_store.py), so a later command at that
+size (a rerun, `make eval`, `make export`, each tuning process) decodes nothing to train or evaluate
+either. Without the size when opened, the pixels are prepared at the first request for a size
+(``Source.resized_arrays``), all splits at once.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ import tensorflow as tf
 from common.errors import DataError
 from pipeline.preprocess import preprocess_image
 from pipeline.sources import manifest
-from pipeline.sources.file_check import Checked, check_files, resized_in_order
+from pipeline.sources.file_check import Checked, check_files, jpeg_scales, prepared_pixels, resized_in_order
 from pipeline.sources.images import IMAGE_EXTENSIONS, graph_decoder
 from pipeline.sources.schema import Skipped, Source
 from pipeline.sources.splits import carve_splits
@@ -136,14 +140,15 @@ def _resized(paths: list[Path], labels: list[int], checked: Checked, size: int, 
         return with_labels(resized_in_order(columns[0], entries, size))
     kept = tf.constant(checked.pixels[rows[have]])
     slot = np.where(have, np.cumsum(have) - 1, -1)
-    columns, _ = _columns(paths, checked)
-    decode = graph_decoder(columns[1][~have], columns[2][~have])
-    ds = tf.data.Dataset.from_tensor_slices((*columns, labels, slot))
+    columns, entries = _columns(paths, checked)
+    scales = jpeg_scales(entries, size)
+    decode = graph_decoder(columns[1][~have], columns[2][~have], scales[~have])
+    ds = tf.data.Dataset.from_tensor_slices((*columns, scales, labels, slot))
 
     @tf.autograph.experimental.do_not_convert  # plain TF ops: autograph's rewrite only costs tracing time
-    def example(path, decoder, orientation, label, k):
+    def example(path, decoder, orientation, scale, label, k):
         image = tf.cond(k >= 0, lambda: tf.gather(kept, tf.maximum(k, 0)),
-                        lambda: preprocess_image(decode(path, decoder, orientation), size))
+                        lambda: preprocess_image(decode(path, decoder, orientation, scale), size))
         return {"image": tf.ensure_shape(image, [size, size, 3]), "label": label}
 
     return ds.map(example, num_parallel_calls=tf.data.AUTOTUNE)
@@ -187,14 +192,32 @@ def open_folder(spec: str, path: str, *, seed: int = 0, skip_bad: bool = False, 
         if not p:
             raise DataError(root, f"the {split} split is empty; add more images per class")
 
-    def load_resized(split: str, size: int) -> tf.data.Dataset:
-        return _resized(*data[split], checked, size, _prepared_rows(data[split][0], checked, size))
+    readable = [str(p) for paths, _ in data.values() for p in paths]
+    prepared_at: dict[int, tuple[np.ndarray, dict[str, int]] | None] = {}
+
+    def prepared(size: int) -> tuple[np.ndarray, dict[str, int]] | None:
+        """Every split's pixels at ``size`` (file_check.prepared_pixels: the check pass's, the pixel
+        store's, the rest decoded now, all at once); None over the memory budget."""
+        if size not in prepared_at:
+            prepared_at[size] = prepared_pixels(readable, [checked.entries[p] for p in readable], size, store,
+                                                fresh=checked)
+        return prepared_at[size]
+
+    if checked.pixels is not None and checked.size is not None and prepared(checked.size) is not None:
+        checked.pixels = None  # the check pass's pixels, now in the prepared ones and the store: no second copy
 
     def load_arrays(split: str, size: int) -> tuple[np.ndarray, np.ndarray] | None:
-        rows = _prepared_rows(data[split][0], checked, size)
-        if checked.pixels is None or not (rows >= 0).all():
+        got = prepared(size)
+        if got is None:
             return None
-        return checked.pixels[rows], np.asarray(data[split][1], np.int32)
+        pixels, rows = got
+        return pixels[[rows[str(p)] for p in data[split][0]]], np.asarray(data[split][1], np.int32)
+
+    def load_resized(split: str, size: int) -> tf.data.Dataset:
+        arrays = load_arrays(split, size)
+        if arrays is not None:
+            return tf.data.Dataset.from_tensor_slices({"image": arrays[0], "label": arrays[1]})
+        return _resized(*data[split], checked, size, _prepared_rows(data[split][0], checked, size))
 
     return Source(
         name=spec,
@@ -206,4 +229,6 @@ def open_folder(spec: str, path: str, *, seed: int = 0, skip_bad: bool = False, 
         train_label_counts=tuple(int(c) for c in np.bincount(data["train"][1], minlength=len(label_names))),
         load_resized=load_resized,
         load_arrays=load_arrays,
+        train_sides=np.array([(checked.entries[str(p)].height, checked.entries[str(p)].width)
+                              for p in data["train"][0]], np.int64).reshape(-1, 2),
     )

@@ -24,6 +24,15 @@ default), so JPEG pixels are identical. Everything else (16-bit, CMYK / YCCK, pa
 colour-key transparency, WebP, TIFF, ...) is routed to Pillow inside the same graph
 (``inspect_image`` picks the decoder from the header; tests/pipeline/sources/test_decode.py
 holds each mode against ``load_rgb``).
+
+Decoding a JPEG for a model of S px is cheaper than decoding it whole: libjpeg-turbo can scale
+by 1/2, 1/4 or 1/8 inside its inverse DCT, so a 12 Mpx phone photo for a 224 px model is decoded
+straight to 504x378 (1/8) at a fraction of the work. ``load_rgb(path, min_side=S)`` and the in-graph
+decoders take the largest of those scales that keeps the shorter side at least S px
+(``jpeg_scale``), so no detail the resize to S would keep is lost; the antialiased resize to S
+follows as before. Pillow's ``draft`` and TF's ``decode_jpeg(ratio=)`` run the same libjpeg-turbo
+scaled IDCT and give the same bytes (tested). Other formats (and CMYK JPEGs, or a JPEG only Pillow
+can read) have no scaled decode here and are decoded whole.
 """
 from __future__ import annotations
 
@@ -125,6 +134,18 @@ _ORIENT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4:
            8: Image.Transpose.ROTATE_90}
 
 
+JPEG_SCALES = (1, 2, 4, 8)  # the reductions libjpeg-turbo's scaled IDCT offers (1/1 .. 1/8)
+
+
+def jpeg_scale(width: int, height: int, min_side: int | None) -> int:
+    """The largest JPEG reduction (1, 2, 4 or 8) that leaves the shorter side of a ``width`` x
+    ``height`` image at least ``min_side`` pixels; 1 when ``min_side`` is None."""
+    if not min_side:
+        return 1
+    short = min(width, height)
+    return max(s for s in JPEG_SCALES if s == 1 or short // s >= min_side)
+
+
 @dataclass(frozen=True)
 class ImageInfo:
     """What the header says about one file: its size as shown (after EXIF orientation), which
@@ -219,8 +240,12 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, P, CMYK, YCbCr, 1, F ...
 
 
-def load_rgb(path: str | Path) -> np.ndarray:
+def load_rgb(path: str | Path, min_side: int | None = None) -> np.ndarray:
     """Decode an image file fully, EXIF orientation applied. Returns uint8 [H, W, 3].
+
+    ``min_side``: the model's input side, when the pixels are for a model: a JPEG is then decoded
+    at the largest scale reduction that keeps its shorter side at least that many pixels
+    (``jpeg_scale``; the module docstring).
 
     Raises:
         DataError: missing, empty, truncated, corrupt or non-image file, or one with more than
@@ -228,12 +253,31 @@ def load_rgb(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     with _opened(path) as img:
-        orientation = exif_orientation(img)  # read before load(), as inspect_image reads it
-        img.load()  # decodes every byte: catches truncation that verify() misses
-        rgb = _to_rgb(img)
-        if orientation in _ORIENT:
-            rgb = rgb.transpose(_ORIENT[orientation])
-        array = np.asarray(rgb, dtype=np.uint8)
+        array = _decoded_rgb(img, jpeg_scale(*img.size, min_side))
+    return _checked_shape(path, array)
+
+
+def load_rgb_scaled(path: str | Path, scale: int) -> np.ndarray:
+    """``load_rgb`` with the JPEG reduction given (1, 2, 4 or 8; applied to the JPEGs that
+    ``inspect_image`` routes to TF_JPEG, ignored for other files)."""
+    path = Path(path)
+    with _opened(path) as img:
+        array = _decoded_rgb(img, scale)
+    return _checked_shape(path, array)
+
+
+def _decoded_rgb(img: Image.Image, scale: int) -> np.ndarray:
+    orientation = exif_orientation(img)  # read before load(), as inspect_image reads it
+    if scale > 1 and img.format == "JPEG" and img.mode in ("L", "RGB"):  # what TF_JPEG decodes
+        img.draft(None, (img.size[0] // scale, img.size[1] // scale))  # libjpeg-turbo's scaled IDCT
+    img.load()  # decodes every byte: catches truncation that verify() misses
+    rgb = _to_rgb(img)
+    if orientation in _ORIENT:
+        rgb = rgb.transpose(_ORIENT[orientation])
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def _checked_shape(path: Path, array: np.ndarray) -> np.ndarray:
     if array.ndim != 3 or array.shape[2] != 3 or array.shape[0] < 1 or array.shape[1] < 1:
         raise DataError(path, f"decoded to an unexpected shape {array.shape}")
     return array
@@ -262,18 +306,32 @@ def orient(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
     return out
 
 
-def _decoders(path: tf.Tensor) -> list:
-    """The branches of ``decode_in_graph``, in decoder order: () -> uint8 [H, W, 3] as stored."""
+def _jpeg(scale):
+    """bytes -> uint8 [H, W, 3]: TF's JPEG decoder at ``scale`` (an int, or an int32 [] tensor
+    holding one of ``JPEG_SCALES``: a switch over the four)."""
+    def at(ratio):
+        return lambda b: tf.io.decode_jpeg(b, channels=3, dct_method="INTEGER_ACCURATE", ratio=ratio)
+
+    if isinstance(scale, int):
+        return at(scale)
+    index = tf.cast(tf.math.log(tf.cast(scale, tf.float32)) / tf.math.log(2.0) + 0.5, tf.int32)
+    return lambda b: tf.switch_case(tf.clip_by_value(index, 0, 3), [lambda r=r: at(r)(b) for r in JPEG_SCALES])
+
+
+def _decoders(path: tf.Tensor, scale=1) -> list:
+    """The branches of ``decode_in_graph``, in decoder order: () -> uint8 [H, W, 3] as stored
+    (``scale``: the JPEG reduction, ``jpeg_scale``)."""
     def tf_decoded(fn):
         return lambda: fn(tf.io.read_file(path))
 
     def pillow():
-        image = tf.numpy_function(lambda p: load_rgb(p.decode()), [path], tf.uint8, stateful=False)
+        image = tf.numpy_function(lambda p, s: load_rgb_scaled(p.decode(), int(s)), [path, scale], tf.uint8,
+                                  stateful=False)
         image.set_shape([None, None, 3])
         return image  # load_rgb has applied the orientation already
 
     return [
-        tf_decoded(lambda b: tf.io.decode_jpeg(b, channels=3, dct_method="INTEGER_ACCURATE")),
+        tf_decoded(_jpeg(scale)),
         tf_decoded(lambda b: tf.io.decode_png(b, channels=3)),
         tf_decoded(lambda b: composite_on_white(tf.io.decode_png(b, channels=4))),
         tf_decoded(lambda b: tf.io.decode_bmp(b, channels=3)),
@@ -283,32 +341,36 @@ def _decoders(path: tf.Tensor) -> list:
 
 
 @tf.autograph.experimental.do_not_convert  # plain TF ops: autograph's rewrite only costs tracing time
-def decode_in_graph(path: tf.Tensor, decoder: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
+def decode_in_graph(path: tf.Tensor, decoder: tf.Tensor, orientation: tf.Tensor, scale=1) -> tf.Tensor:
     """``load_rgb``'s pixels inside tf.data: string [] path, int32 [] decoder and orientation (from
-    ``inspect_image``) -> uint8 [H, W, 3]. TF kernels for the common formats (parallel, no GIL);
-    the PILLOW decoder calls ``load_rgb``. A file TF cannot decode fails the element with TF's
-    error (the sources check files before training, so this names no path)."""
+    ``inspect_image``) and JPEG reduction (``jpeg_scale``; ``load_rgb_scaled``) -> uint8 [H, W, 3].
+    TF kernels for the common formats (parallel, no GIL); the PILLOW decoder calls
+    ``load_rgb_scaled``. A file TF cannot decode fails the element with TF's error (the sources
+    check files before training, so this names no path)."""
     decoder = tf.cast(decoder, tf.int32)
-    image = tf.switch_case(decoder, _decoders(path))
+    image = tf.switch_case(decoder, _decoders(path, scale))
     image.set_shape([None, None, 3])
     # Pillow has turned its output already; TF's is turned here (one switch after the decode keeps
     # the traced graph small: 6 + 8 branches, not 6 x 8).
     return orient(image, tf.where(tf.equal(decoder, PILLOW), 1, tf.cast(orientation, tf.int32)))
 
 
-def graph_decoder(decoders, orientations):
-    """The cheapest ``decode_in_graph`` for a dataset whose files have these decoders and EXIF
-    orientations (ints, one per file): (path, decoder, orientation) -> uint8 [H, W, 3].
+def graph_decoder(decoders, orientations, scales=None):
+    """The cheapest ``decode_in_graph`` for a dataset whose files have these decoders, EXIF
+    orientations and JPEG reductions (ints, one per file; ``scales`` None: all 1):
+    (path, decoder, orientation[, scale]) -> uint8 [H, W, 3].
 
     Per-element branching costs more than the decode of a small JPEG in tf.data, so when every file
-    has the same TF decoder and no orientation, the decoder's op is used directly."""
+    has the same TF decoder and scale and no orientation, the decoder's op is used directly."""
     decoders, orientations = set(int(d) for d in decoders), set(int(o) for o in orientations)
-    if len(decoders) == 1 and orientations <= {1}:
+    scales = {1} if scales is None else set(int(s) for s in scales)
+    if len(decoders) == 1 and orientations <= {1} and len(scales) <= 1:
         (only,) = decoders
+        fixed = next(iter(scales), 1)
 
         @tf.autograph.experimental.do_not_convert  # plain TF ops: autograph's rewrite only costs tracing time
-        def direct(path, decoder, orientation):
-            image = _decoders(path)[only]()
+        def direct(path, decoder, orientation, scale=1):
+            image = _decoders(path, fixed)[only]()
             image.set_shape([None, None, 3])
             return image
 

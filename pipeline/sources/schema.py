@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import tensorflow as tf
 
 SPLITS = ("train", "validation", "test")
@@ -51,6 +52,8 @@ class Source:
                  files, or decoded and resized there more cheaply than one by one), or None.
     load_arrays: (split, size) -> (images uint8 [N, size, size, 3], labels int32 [N]) of a
                  classification split the source holds in memory, resized, in split order; or None.
+    train_sides: int [n, 2] (height, width) as shown of the train images, when the source knows them
+                 from the headers (folder:); None otherwise (the training recipe decodes a sample).
     """
 
     name: str
@@ -62,6 +65,7 @@ class Source:
     train_label_counts: tuple[int, ...] = ()
     load_resized: Callable[[str, int], tf.data.Dataset | None] | None = field(default=None, repr=False)
     load_arrays: Callable[[str, int], tuple | None] | None = field(default=None, repr=False)
+    train_sides: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def num_classes(self) -> int:

@@ -68,7 +68,13 @@ class DataProfile:
 
 
 def profile_source(source: Source, limit: int = PROFILE_IMAGES) -> DataProfile:
-    """Look at up to ``limit`` train images: their sizes, labels and boxes."""
+    """Look at up to ``limit`` train images: their sizes, labels and boxes. A classification source
+    that knows its images' sizes from their headers and counts its labels (folder:) is profiled
+    whole, without decoding an image."""
+    if source.task == "classify" and source.train_sides is not None and source.train_label_counts:
+        return DataProfile(train_images=int(source.split_sizes.get("train", 0)), sampled=len(source.train_sides),
+                           sides=np.asarray(source.train_sides, np.int64).reshape(-1, 2),
+                           class_counts=tuple(source.train_label_counts))
     sides, labels, boxes = [], [], []
     for ex in source.examples("train").take(limit):
         sides.append(ex["image"].shape[:2])

@@ -121,7 +121,8 @@ def test_a_split_held_in_memory_batches_like_the_cached_path(tmp_path):
         for i in range(12):
             Image.fromarray(rng.integers(0, 255, (9, 11, 3), dtype=np.uint8)).save(tmp_path / "d" / c / f"{i}.png")
     src = open_source(f"folder:{tmp_path / 'd'}", data_dir=tmp_path / "data", image_size=8)
-    assert src.resized_arrays("train", 8) is not None and src.resized_arrays("train", 9) is None
+    assert src.resized_arrays("train", 8)[0].shape == (24, 8, 8, 3)
+    assert src.resized_arrays("train", 9)[0].shape == (24, 9, 9, 3)  # another size: prepared when asked
     cached = replace(src, load_arrays=None)
     cfg = PipelineConfig(image_size=8, batch_size=5, shuffle_buffer=7, augment=AugmentConfig(flip=False, zoom=0,
                                                                                              brightness=0, contrast=0))

@@ -43,5 +43,6 @@ def test_rerun_after_sigkill_continues_where_it_was(tmp_path, tiny_args, tune_su
     assert json.loads((project / "trial_0" / "trial.json").read_text())["metrics"] == finished["metrics"]
     rows = list(csv.DictReader((run / "tuning" / "trials.csv").open()))
     assert [(r["trial_id"], r["status"]) for r in rows] == [("0", "COMPLETED"), ("1", "COMPLETED"), ("2", "COMPLETED")]
-    assert len({r["learning_rate"] + r["units_1"] + r["conv_blocks"] for r in rows}) == 3  # three grid points
+    points = {(r["learning_rate"], r["units_1"], r["conv_blocks"], r["input_scale"]) for r in rows}
+    assert len(points) == 3  # three grid points
     assert (run / "model.keras").exists() and (run / "metrics.json").exists()

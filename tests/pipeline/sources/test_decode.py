@@ -17,7 +17,8 @@ from PIL import Image, ImageOps
 from pipeline.dataset import PipelineConfig, classification_dataset
 from pipeline.preprocess import preprocess_image
 from pipeline.sources.images import (DECODER_NAMES, PILLOW, TF_BMP, TF_GIF, TF_JPEG, TF_PNG, TF_PNG_ALPHA,
-                                     decode_in_graph, header_size, inspect_image, load_rgb)
+                                     decode_in_graph, header_size, inspect_image, jpeg_scale, load_rgb,
+                                     load_rgb_scaled)
 from pipeline.sources.specs import open_source
 
 RNG = np.random.default_rng(3)
@@ -25,9 +26,9 @@ RGB = RNG.integers(0, 256, (21, 34, 3), dtype=np.uint8)
 RGBA = RNG.integers(0, 256, (21, 34, 4), dtype=np.uint8)
 
 
-def _in_graph(path) -> np.ndarray:
+def _in_graph(path, scale: int = 1) -> np.ndarray:
     info = inspect_image(path)
-    ds = tf.data.Dataset.from_tensors((str(path), info.decoder, info.orientation))
+    ds = tf.data.Dataset.from_tensors((str(path), info.decoder, info.orientation, np.int32(scale)))
     return next(iter(ds.map(decode_in_graph))).numpy()
 
 
@@ -119,6 +120,40 @@ def test_real_photo_jpegs_are_byte_identical(tmp_path, photo):
     np.testing.assert_array_equal(_in_graph(path), load_rgb(path))
 
 
+JPEG_MODES = [m for m in MODES if m.startswith("jpeg") and m != "jpeg cmyk"]
+
+
+@pytest.mark.parametrize("scale", [2, 4, 8])
+@pytest.mark.parametrize("mode", JPEG_MODES)
+def test_jpegs_decoded_at_a_reduced_scale_give_pillows_draft_bytes(tmp_path, mode, scale):
+    """libjpeg-turbo's scaled IDCT, through TF (decode_jpeg ratio=) and Pillow (draft): the same bytes."""
+    name, write, _ = MODES[mode]
+    path = tmp_path / name
+    write(path)
+    reference = load_rgb_scaled(path, scale)
+    assert reference.shape[:2] == (-(-21 // scale), -(-34 // scale))  # libjpeg rounds up
+    np.testing.assert_array_equal(_in_graph(path, scale), reference)
+
+
+def test_a_photo_is_decoded_at_the_largest_scale_that_keeps_the_model_side(tmp_path):
+    path = tmp_path / "astronaut.jpg"
+    Image.fromarray(skimage.data.astronaut()).save(path, quality=87)  # 512 x 512
+    assert load_rgb(path, min_side=64).shape == (64, 64, 3)  # 1/8
+    assert load_rgb(path, min_side=65).shape == (128, 128, 3)  # 1/4: 1/8 would leave 64 px
+    assert load_rgb(path, min_side=300).shape == load_rgb(path).shape == (512, 512, 3)
+    np.testing.assert_array_equal(_in_graph(path, 4), load_rgb(path, min_side=65))
+    # a phone photo for a 224 px model is decoded at 1/8; 320x240 for 64 px at 1/2 (1/4 leaves 60 px)
+    assert jpeg_scale(4032, 3024, 224) == 8 and jpeg_scale(320, 240, 64) == 2 and jpeg_scale(9, 9, None) == 1
+
+
+def test_only_jpegs_that_tf_decodes_are_decoded_at_a_reduced_scale(tmp_path):
+    """PNGs have no scaled decode, and CMYK JPEGs (Pillow's) are decoded whole: min_side changes nothing."""
+    for mode in ("png rgb", "jpeg cmyk"):
+        name, write, _ = MODES[mode]
+        write(tmp_path / name)
+        np.testing.assert_array_equal(load_rgb(tmp_path / name, min_side=4), load_rgb(tmp_path / name))
+
+
 def _with_orientation(path, pixels: np.ndarray, orientation: int):
     exif = Image.Exif()
     exif[0x0112] = orientation
@@ -164,10 +199,12 @@ def test_a_folder_of_mixed_modes_gives_load_rgbs_pixels(tmp_path):
     src = open_source(f"folder:{tmp_path / 'f'}", data_dir=tmp_path / "data")
     got = sorted(e["image"].numpy().tobytes() for s in ("train", "validation", "test") for e in src.examples(s))
     assert got == expected
-    # The same folder opened knowing the input size: the check pass resizes the most common size in
-    # batches and the others one by one; every image is preprocess_image(load_rgb(file)).
+    # The same folder opened knowing the input size: the check pass decodes the JPEGs at 1/2 (21 px
+    # short sides, 8 px input), resizes the most common size in batches and the others one by one;
+    # every image is preprocess_image(load_rgb(file, min_side=8)).
     src = open_source(f"folder:{tmp_path / 'f'}", data_dir=tmp_path / "data2", image_size=8)
     cfg = PipelineConfig(image_size=8, batch_size=8)
     got = sorted(x.astype(np.uint8).tobytes() for s in ("train", "validation", "test")
                  for batch, _ in classification_dataset(src, s, cfg, training=False).as_numpy_iterator() for x in batch)
-    assert got == sorted(preprocess_image(load_rgb(p), 8).numpy().tobytes() for p in files)
+    assert got == sorted(preprocess_image(load_rgb(p, min_side=8), 8).numpy().tobytes() for p in files)
+    assert sorted(load_rgb(p, min_side=8).shape[0] for p in files if p.suffix == ".jpg") == [11, 17, 21]

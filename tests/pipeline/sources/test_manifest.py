@@ -200,3 +200,78 @@ def test_the_prepared_data_of_a_folder_that_is_gone_is_removed(tmp_path):
     open_source(f"folder:{kept}", data_dir=tmp_path / "data")
     (left,) = (tmp_path / "data" / "prepared").iterdir()
     assert (left / "root.txt").read_text() == str(kept.resolve())
+
+
+@pytest.fixture
+def decoded(monkeypatch):
+    """The files whose pixels are decoded: by the check pass, or to prepare the pixels at a size."""
+    seen = []
+    fast, in_order = file_check._fast_pass, file_check.resized_in_order
+    monkeypatch.setattr(file_check, "_fast_pass", lambda paths, *a: seen.extend(paths) or fast(paths, *a))
+    monkeypatch.setattr(file_check, "resized_in_order",
+                        lambda paths, *a: seen.extend(paths) or in_order(paths, *a))
+    return seen
+
+
+def _pixels(src, size):
+    cfg = PipelineConfig(image_size=size, batch_size=64)
+    return sorted(x.astype(np.uint8).tobytes() for s in SPLITS
+                  for batch, _ in classification_dataset(src, s, cfg, training=False).as_numpy_iterator() for x in batch)
+
+
+def _reference(root, size):
+    return sorted(preprocess_image(load_rgb(p, min_side=size), size).numpy().tobytes() for p in root.rglob("*.*"))
+
+
+def test_a_rerun_at_the_same_size_decodes_nothing_and_reads_the_stored_pixels(tmp_path, decoded, headers_read):
+    root = _tree(tmp_path / "pets")
+    first = open_source(f"folder:{root}", data_dir=tmp_path / "data", image_size=8)
+    assert len(decoded) == 16 and _pixels(first, 8) == _reference(root, 8)
+    assert len(list((tmp_path / "data" / "prepared").glob("folder-*/pixels-8px.npz"))) == 1
+    decoded.clear(), headers_read.clear()
+    again = open_source(f"folder:{root}", data_dir=tmp_path / "data", image_size=8)
+    assert _pixels(again, 8) == _reference(root, 8)
+    assert decoded == [] and headers_read == []  # neither a header nor a pixel read again
+
+
+def test_a_changed_file_is_decoded_again_alone_and_the_store_follows(tmp_path, decoded):
+    root = _tree(tmp_path / "pets")
+    open_source(f"folder:{root}", data_dir=tmp_path / "data", image_size=8)
+    Image.new("RGB", (11, 13), (250, 5, 5)).save(root / "dog" / "2.jpg")
+    decoded.clear()
+    src = open_source(f"folder:{root}", data_dir=tmp_path / "data", image_size=8)
+    assert [os.path.relpath(p, root) for p in decoded] == [os.path.join("dog", "2.jpg")]
+    assert _pixels(src, 8) == _reference(root, 8)
+    decoded.clear()
+    assert _pixels(open_source(f"folder:{root}", data_dir=tmp_path / "data", image_size=8), 8) == _reference(root, 8)
+    assert decoded == []
+
+
+def test_opened_without_a_size_the_first_request_prepares_every_split_at_once(tmp_path, decoded):
+    """`make train` opens the folder before it chooses the input size: the pixels at that size are
+    decoded once, for all splits, at the first request, and kept for the next command."""
+    root = _tree(tmp_path / "pets")
+    src = open_source(f"folder:{root}", data_dir=tmp_path / "data")
+    decoded.clear()
+    images, labels = src.resized_arrays("train", 8)
+    assert len(decoded) == 16 and images.shape == (len(labels), 8, 8, 3)
+    assert _pixels(src, 8) == _reference(root, 8) and len(decoded) == 16  # the other splits: no new decode
+    decoded.clear()
+    assert _pixels(open_source(f"folder:{root}", data_dir=tmp_path / "data"), 8) == _reference(root, 8)
+    assert decoded == []
+
+
+def test_an_unreadable_pixel_store_is_rebuilt_and_only_the_recent_sizes_are_kept(tmp_path, decoded):
+    root = _tree(tmp_path / "pets")
+    for size in (8, 9, 10, 11):  # the first open's check pass keeps 8 px; the others prepare when asked
+        open_source(f"folder:{root}", data_dir=tmp_path / "data", image_size=size).resized_arrays("test", size)
+    (directory,) = (tmp_path / "data" / "prepared").glob("folder-*")
+    assert sorted(p.name for p in directory.glob("pixels-*")) == ["pixels-10px.npz", "pixels-11px.npz",
+                                                                  "pixels-9px.npz"]
+    (directory / "pixels-10px.npz").write_bytes(b"not a zip")
+    decoded.clear()
+    assert _pixels(open_source(f"folder:{root}", data_dir=tmp_path / "data", image_size=10), 10) == _reference(root, 10)
+    assert len(decoded) == 16
+    decoded.clear()
+    open_source(f"folder:{root}", data_dir=tmp_path / "data", image_size=10).resized_arrays("train", 10)
+    assert decoded == []

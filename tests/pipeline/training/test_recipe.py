@@ -1,4 +1,6 @@
 """The training recipe's choices from the data (pipeline.training.recipe)."""
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -68,3 +70,22 @@ def test_profile_reads_sizes_labels_and_boxes_from_a_source():
     counted = Source(name="x", task="classify", label_names=("a", "b"), split_sizes={"train": 3}, load_split=split,
                      train_label_counts=(5, 7))
     assert profile_source(counted).class_counts == (5, 7)  # the source's own counts win over the sample
+
+
+def test_a_folder_is_profiled_from_its_headers_without_decoding_an_image(tmp_path):
+    from PIL import Image
+
+    from pipeline.sources.specs import open_source
+
+    for c, (w, h) in (("a", (30, 20)), ("b", (40, 24))):
+        (tmp_path / "f" / c).mkdir(parents=True)
+        for i in range(10):
+            Image.new("RGB", (w, h), (i, 0, 0)).save(tmp_path / "f" / c / f"{i}.png")
+    source = open_source(f"folder:{tmp_path / 'f'}", data_dir=tmp_path / "data")
+
+    def no_decoding(split):
+        raise AssertionError("profile_source decoded images")
+
+    p = profile_source(dataclasses.replace(source, load_split=no_decoding))
+    assert p.sampled == p.train_images == sum(p.class_counts) == source.split_sizes["train"]
+    assert {tuple(s) for s in p.sides} == {(20, 30), (24, 40)} and p.native_side == 22  # the median
