@@ -317,13 +317,6 @@ def _epoch(ds) -> tuple[int, float]:
     return n, time.perf_counter() - start
 
 
-def _size_of(path: Path) -> tuple[int, int]:
-    from PIL import Image
-
-    with Image.open(path) as img:
-        return img.size
-
-
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
 
@@ -339,6 +332,7 @@ def compare_with_keras(root: Path, prepared: Path, size: int, seconds: float, re
 
     from pipeline.augment import AugmentConfig
     from pipeline.dataset import PipelineConfig, classification_dataset
+    from pipeline.sources.images import header_size
     from pipeline.sources.specs import open_source
 
     files = sorted(root.rglob("*.jpg"))
@@ -391,7 +385,7 @@ def compare_with_keras(root: Path, prepared: Path, size: int, seconds: float, re
 
     peer_total, ours_total = peer_open + peer_epoch, ours_open + ours_epoch
     result = {
-        "folder": str(root), "images": len(files), "photo_size": list(_size_of(files[0])), "image_size": size,
+        "folder": str(root), "images": len(files), "photo_size": list(header_size(files[0])), "image_size": size,
         "batch_size": BATCH,
         "keras": {"open_s": round(peer_open, 3), "first_epoch_s": round(peer_epoch, 3), "first_epoch_images": peer_n,
                   "first_epoch_with_open_s": round(peer_total, 3),

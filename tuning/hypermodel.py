@@ -119,8 +119,7 @@ class CNNHyperModel(keras_tuner.HyperModel):
     def network(self, hp):
         """(the uncompiled model of ``hp``, its learning rate)."""
         cfg, learning_rate = sample_cnn_config(hp, self.space)
-        side = trial_input_size(hp, self.space, self.input_size, cfg)
-        return build_cnn(cfg, self.num_classes, side), learning_rate
+        return build_cnn(cfg, self.num_classes, self.trial_size(hp)), learning_rate
 
     def build(self, hp):
         model, learning_rate = self.network(hp)

@@ -132,7 +132,7 @@ class TuneConfig:
         if self.objective.quality != search.quality:
             object.__setattr__(self, "objective", replace(self.objective, quality=search.quality))
         if self.trials is None:  # the tuner's default, and the seed trials beyond trial 0 on top of it
-            seeds = len(search.seed_values(self)) if self.tuner != "grid" else 1
+            seeds = len(search.seed_values(self))
             object.__setattr__(self, "trials", DEFAULT_TRIALS[self.tuner] + max(0, seeds - 1))
         for name in ("trials", "epochs", "steps", "final_epochs", "batch_size", "latency_runs", "trials_per_process"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
@@ -240,10 +240,7 @@ def make_tuner(cfg: TuneConfig, hypermodel, folder: TuningFolder, *, max_trials_
                             **common)
     else:
         oracle = oracle_cls(max_trials=cfg.trials, **common)
-    if cfg.tuner != "grid":
-        # A grid walks its own order from the first value of every entry (the default, for the
-        # detector's and MobileNetV2's spaces); a trial slipped in before it would break its walk.
-        oracle.seed_values = tuple(cfg.search.seed_values(cfg))
+    oracle.seed_values = tuple(cfg.search.seed_values(cfg))
 
     class Tuner(tuner_class(cfg.tuner == "hyperband", max_trials_here)):
         def run_trial(self, trial, *args, **kwargs):

@@ -314,8 +314,8 @@ def _jpeg(scale):
 
     if isinstance(scale, int):
         return at(scale)
-    index = tf.cast(tf.math.log(tf.cast(scale, tf.float32)) / tf.math.log(2.0) + 0.5, tf.int32)
-    return lambda b: tf.switch_case(tf.clip_by_value(index, 0, 3), [lambda r=r: at(r)(b) for r in JPEG_SCALES])
+    index = tf.argmax(tf.equal(tf.cast(scale, tf.int32), JPEG_SCALES), output_type=tf.int32)  # 1 -> 0 ... 8 -> 3
+    return lambda b: tf.switch_case(index, [lambda r=r: at(r)(b) for r in JPEG_SCALES])
 
 
 def _decoders(path: tf.Tensor, scale=1) -> list:
