@@ -20,7 +20,7 @@ from pipeline.evaluation.predict import Classifier, format_table, predict_file
 from pipeline.preprocess import preprocess_for_model
 from pipeline.sources.specs import open_source
 from pipeline.training import distribute
-from pipeline.training.classifier import TrainConfig, train_classifier
+from pipeline.training.classifier import TrainConfig, input_side, train_classifier
 from pipeline.training.multiworker import launch_local_workers
 from tasks.base import Task
 from tuning.tunables import CLASSIFIER_SEARCH
@@ -92,7 +92,9 @@ class ClassifierTask(Task):
     def train(self, cfg: TrainConfig, args: argparse.Namespace) -> dict:
         # First TensorFlow work of the process: MultiWorkerMirroredStrategy cannot start after any other.
         strategy = None if args.workers > 1 else distribute.select_strategy(args.strategy)
-        source = open_source(args.data, self.name, data_dir=args.data_dir, seed=args.seed, skip_bad=args.skip_bad)
+        # input_side: a folder's files are decoded once, straight to the input size the recipe picks
+        source = open_source(args.data, self.name, data_dir=args.data_dir, seed=args.seed, skip_bad=args.skip_bad,
+                             image_size=input_side(cfg))
         if args.workers > 1:  # the data is prepared (above) once, before the workers start
             code = launch_local_workers(args.argv, args.workers, args.run)
             if code:

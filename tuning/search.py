@@ -86,7 +86,7 @@ class TuneConfig:
                 detector's input size is in its space.
     model: the classifier searched: None or "cnn" (the CNN), "mobilenetv2" (MobileNetV2, from ``weights``:
            imagenet, none or a file, as `make train WEIGHTS=`).
-    batch_size: None: 64 (classify) or 32 (detect), as `make train` uses.
+    batch_size: None: 64 (classify) or 16 (detect), as `make train` uses.
     trial_train_examples: the train split is cut to this many images for trials (0: all of it;
         None: the task's, 10000 classify, 3000 detect, so a few thousand photos are all used); the
         final retrain always uses all of it.

@@ -244,7 +244,7 @@ class DetectorSearch(TaskSearch):
     quality = MAP
     space_type = SSDSearchSpace
     rule = DETECTOR_RULE
-    batch_size = 32
+    batch_size = DetectTrainConfig.batch_size  # make train's, so trial 0 is its model
     trial_train_examples = 3000
     trials_per_process = 1
     per_trial = "; scored on the whole validation split with pycocotools"

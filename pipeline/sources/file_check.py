@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import tempfile
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -179,10 +180,15 @@ def _fast_pass(paths: list[str], entries: list[Entry], image_size: int | None, k
 
 
 def check_files(files: list[Path], labels: list[str], known: dict[str, Entry], *, full: bool = True,
-                image_size: int | None = None, pixel_budget: int | None = None,
+                image_size: int | Callable[[np.ndarray], int] | None = None, pixel_budget: int | None = None,
                 spill_dir: Path | None = None) -> Checked:
     """Check ``files`` (``labels``: each one's class name, "" when none) against the manifest
-    entries ``known``; see the module docstring. Never raises for a bad file: its Entry says why."""
+    entries ``known``; see the module docstring. Never raises for a bad file: its Entry says why.
+
+    ``image_size``: the side to keep the pixels at; or a function that chooses it from the readable
+    files' int [n, 2] (height, width) sides as the headers give them, called between the header
+    pass and the decode (a caller that picks the model's input from the data, as `make train`
+    does, then decodes each file once); None: validate only."""
     entries: dict[str, Entry] = {}
     readable: list[tuple[str, Entry]] = []
     count = 0
@@ -199,6 +205,9 @@ def check_files(files: list[Path], labels: list[str], known: dict[str, Entry], *
     checked = Checked(entries, checked=count)
     if not full or not readable:
         return checked
+    if callable(image_size):
+        sides = [(e.height, e.width) for e in entries.values() if e.problem is None]
+        image_size = int(image_size(np.array(sides, np.int64).reshape(-1, 2)))
     paths = [p for p, _ in readable]
     keep = None
     budget = PREPARED_PIXEL_BUDGET if pixel_budget is None else pixel_budget
@@ -252,10 +261,12 @@ def prepared_pixels(paths: list[str], entries: list[Entry], side: int, store_dir
         elif stored is not None:
             row = stored.row(path, entry.size, entry.mtime_ns)
             from_store[i] = -1 if row is None else row
-    if (from_fresh >= 0).any():
-        out[from_fresh >= 0] = fresh.pixels[from_fresh[from_fresh >= 0]]
-    if (from_store >= 0).any():
-        out[from_store >= 0] = stored.pixels[from_store[from_store >= 0]]
+    for source, rows in ((fresh, from_fresh), (stored, from_store)):  # row gathers: boolean masks copy twice
+        have = np.flatnonzero(rows >= 0)
+        if len(have) == len(paths):
+            out = source.pixels[rows]
+        elif len(have):
+            out[have] = source.pixels[rows[have]]
     missing = np.flatnonzero((from_fresh < 0) & (from_store < 0))
     if len(missing):
         images = resized_in_order([paths[i] for i in missing], [entries[i] for i in missing], side)

@@ -20,6 +20,7 @@ either. Without the size when opened, the pixels are prepared at the first reque
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -155,9 +156,10 @@ def _resized(paths: list[Path], labels: list[int], checked: Checked, size: int, 
 
 
 def open_folder(spec: str, path: str, *, seed: int = 0, skip_bad: bool = False, data_dir: Path | None = None,
-                image_size: int | None = None) -> Source:
+                image_size: int | Callable[[np.ndarray], int] | None = None) -> Source:
     """``data_dir``: where the manifest is kept (None: no manifest, every file is checked).
-    ``image_size``: the model's input side, when known: the check pass keeps resized pixels for it."""
+    ``image_size``: the model's input side, when known, or the rule that chooses it from the images'
+    (height, width) header sides (``file_check.check_files``): the check pass keeps resized pixels for it."""
     root = Path(path).expanduser()
     if not root.exists():
         raise DataError(root, "folder not found")

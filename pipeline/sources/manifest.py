@@ -24,7 +24,7 @@ import json
 import os
 import shutil
 from contextlib import contextmanager
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterator
 
@@ -51,6 +51,13 @@ class Entry:
 
     def matches(self, stat: os.stat_result) -> bool:
         return self.size == stat.st_size and self.mtime_ns == stat.st_mtime_ns
+
+    def values(self) -> list:
+        """The values in field order (``dataclasses.astuple`` deep-copies each: 30x slower on 100k files)."""
+        return [getattr(self, name) for name in _FIELD_NAMES]
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(Entry))
 
 
 def prepared_dir(data_dir: Path, kind: str, root: Path) -> Path:
@@ -85,8 +92,8 @@ def save(directory: Path, root: Path, entries: dict[str, Entry]) -> None:
     """Write ``entries`` (every file the source holds now: removed files drop out) atomically,
     under the lock."""
     directory = Path(directory)
-    body = {"version": VERSION, "root": str(root), "fields": list(Entry.__dataclass_fields__),
-            "files": {path: list(astuple(e)) for path, e in sorted(entries.items())}}
+    body = {"version": VERSION, "root": str(root), "fields": list(_FIELD_NAMES),
+            "files": {path: e.values() for path, e in sorted(entries.items())}}
     with _locked(directory):
         with atomic_path(directory / FILE_NAME) as tmp:
             tmp.write_text(json.dumps(body, separators=(",", ":")), encoding="utf-8")

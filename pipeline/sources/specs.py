@@ -9,8 +9,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -224,12 +226,14 @@ def open_tfds(spec: str, name: str, task: str, data_dir: Path) -> Source:
 
 
 def open_source(spec: str, task: str = "classify", *, data_dir: Path | None = None,
-                seed: int = 0, skip_bad: bool = False, image_size: int | None = None) -> Source:
+                seed: int = 0, skip_bad: bool = False, image_size: int | Callable[[np.ndarray], int] | None = None
+                ) -> Source:
     """Open a ``DATA=`` spec. Raises ConfigError / DataError with a message naming what is wrong.
 
     ``data_dir``: where prepared data lives (tfds data, and the file sources' manifests).
-    ``image_size``: the model's input side when the caller knows it: ``folder:`` then keeps the
-    resized pixels of the files it decodes to check them, and the first epoch reads those.
+    ``image_size``: the model's input side when the caller knows it, or the rule that will choose it
+    from the images' (height, width) sides: ``folder:`` then keeps the resized pixels of the files it
+    decodes to check them (one decode per file), and the first epoch reads those.
     """
     if task not in TASKS:
         raise ConfigError(f"TASK={task}: unknown task; expected one of {', '.join(TASKS)}")

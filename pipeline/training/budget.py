@@ -188,17 +188,20 @@ class BudgetClock(keras.callbacks.Callback):
     """Holds a budget to its clock. From the end of the third epoch (the first one traces the model and
     is not measured) it projects the run's end from the measured seconds per epoch:
 
-    * at that first check, a plan that would overrun ``limit_s`` by more than SLACK is shortened, and a
-      time-capped plan that would end well inside it is extended (never past what the rule wanted,
-      ``wanted_epochs``);
-    * at every later epoch, a plan that now would overrun is shortened again (never extended: the
-      schedule's decay should not move back and forth).
+    * at every check, a plan that would overrun ``limit_s`` by more than SLACK is shortened;
+    * a plan that would end well inside it (by SLACK) is extended to what the clock affords (never
+      past what the rule wanted, ``wanted_epochs``): at the first check, and later while the run is in
+      the first half of its plan and the extension adds at least LATE_EXTENSION of it. A pace measured
+      on a busy moment (another job at the first check) then no longer cuts the whole run short, while
+      the decay, re-fitted only while the learning rate is still near its peak and by a real amount,
+      does not move back and forth.
 
     The schedule is re-fitted to the new end each time. ``on_replan(budget)`` is told the new plan (the
     run keeps it in RUN/.resume for a resume). ``model.fit`` must be given ``budget.fit_epochs``."""
 
     SLACK = 1.05
     MEASURE_EPOCHS = 2  # epochs measured (after the first) before the plan is checked
+    LATE_EXTENSION = 0.25  # after the first check, an extension must add this share of the plan
 
     def __init__(self, budget: Budget, schedule: WarmupCosine, limit_s: float, on_replan=None,
                  first_epoch: int = 0):
@@ -229,7 +232,9 @@ class BudgetClock(keras.callbacks.Callback):
         projected = elapsed + per_epoch * (self.epochs - epoch - 1)
         affordable = min(epoch + 1 + max(0, int((self.limit_s - elapsed) / per_epoch)), self.budget.fit_epochs)
         overruns = projected > self.limit_s * self.SLACK
-        extends = not self.checked and projected < self.limit_s / self.SLACK and affordable > self.epochs
+        worth = self.epochs + 1 if not self.checked else self.epochs * (1 + self.LATE_EXTENSION)
+        early = not self.checked or epoch + 1 <= self.epochs / 2
+        extends = early and projected < self.limit_s / self.SLACK and affordable >= worth
         self.checked = True
         if not (overruns or extends):
             return

@@ -11,10 +11,12 @@ The order of work is what makes failures safe:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import keras
+import numpy as np
 from PIL import Image
 
 from common.errors import ConfigError, UserError
@@ -126,12 +128,24 @@ class TrainConfig:
         return PipelineConfig(image_size=self.image_size, batch_size=self.batch_size, augment=self.augment)
 
 
+def _chosen_side(cfg: TrainConfig, profile: DataProfile) -> tuple[int, str]:
+    return classifier_image_size(profile, model=cfg.model, num_pools=cfg.cnn.num_blocks, pool_stride=cfg.cnn.pool_stride)
+
+
+def input_side(cfg: TrainConfig) -> int | Callable[[np.ndarray], int]:
+    """The input side ``resolve_config`` gives ``cfg``, for opening the source before it is profiled:
+    IMAGE_SIZE= when given, else the same rule as a function of the images' int [n, 2] (height, width)
+    sides (``open_source(image_size=)``: a folder's files are then decoded once, straight to it)."""
+    if cfg.image_size is not None:
+        return cfg.image_size
+    return lambda sides: _chosen_side(cfg, DataProfile(train_images=len(sides), sampled=len(sides), sides=sides))[0]
+
+
 def resolve_config(cfg: TrainConfig, profile: DataProfile) -> tuple[TrainConfig, list[dict]]:
     """``cfg`` with what is left to the data chosen; and the choices, each {"setting", "value", "why"}."""
     choices = []
     if cfg.image_size is None:
-        side, why = classifier_image_size(profile, model=cfg.model, num_pools=cfg.cnn.num_blocks,
-                                          pool_stride=cfg.cnn.pool_stride)
+        side, why = _chosen_side(cfg, profile)
         cfg = replace(cfg, image_size=side)
         choices.append({"setting": "IMAGE_SIZE", "value": side, "why": why})
     if not cfg.augment.flip:

@@ -117,6 +117,10 @@ def test_pipeline_figures(smoke_run):
     assert all(_positive(v) for v in r["ratios"].values())
     assert set(r["targets_met"]) == set(r["targets"]) == set(r["ratios"])
     assert r["model_parameters"] > 0
+    for photos in (r["real_photos"], r["camera_photos"]):  # against Keras' utility, and the decode floor
+        assert _positive(photos["decode_floor_images_per_s"]) and _positive(photos["keras"]["steady_reshuffled_images_per_s"])
+        assert all(_positive(v) for v in photos["ratios"].values()), photos["ratios"]
+        assert set(photos["targets_met"]) == set(photos["targets"]) < set(photos["ratios"])
 
 
 def test_export_figures(smoke_run):

@@ -68,7 +68,7 @@ def test_bad_detector_space_is_refused_with_its_reason(override, message):
 def test_tune_config_takes_the_task_defaults_and_round_trips():
     cfg = TuneConfig(task="detect")
     assert isinstance(cfg.space, SSDSearchSpace) and cfg.objective.quality == MAP
-    assert (cfg.batch_size, cfg.trial_train_examples) == (32, 3000)
+    assert (cfg.batch_size, cfg.trial_train_examples) == (DetectTrainConfig.batch_size, 3000) == (16, 3000)
     assert TuneConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     assert TuneConfig().trial_train_examples == 10000 and isinstance(TuneConfig().space, SearchSpace)
     with pytest.raises(ConfigError, match="TASK=detect searches a SSDSearchSpace"):

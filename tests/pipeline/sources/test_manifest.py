@@ -16,6 +16,8 @@ from pipeline.sources import file_check, manifest
 from pipeline.sources.images import load_rgb
 from pipeline.sources.manifest import Entry
 from pipeline.sources.specs import open_source
+from pipeline.training.classifier import TrainConfig, input_side, resolve_config
+from pipeline.training.recipe import profile_source
 
 SPLITS = ("train", "validation", "test")
 
@@ -259,6 +261,21 @@ def test_opened_without_a_size_the_first_request_prepares_every_split_at_once(tm
     decoded.clear()
     assert _pixels(open_source(f"folder:{root}", data_dir=tmp_path / "data"), 8) == _reference(root, 8)
     assert decoded == []
+
+
+def test_opened_with_the_recipes_rule_for_the_size_each_file_is_decoded_once(tmp_path, decoded):
+    """`make train` opens the folder with the recipe's rule (classifier.input_side) instead of a size:
+    the check pass applies it to the headers and keeps the pixels at that side, which is the side
+    the recipe then picks from the profiled data; the first epoch decodes nothing more."""
+    root = _tree(tmp_path / "pets")  # 12 x 10 px images
+    cfg = TrainConfig(data=f"folder:{root}")
+    src = open_source(f"folder:{root}", data_dir=tmp_path / "data", image_size=input_side(cfg))
+    assert len(decoded) == 16
+    side = resolve_config(cfg, profile_source(src))[0].image_size
+    assert side == 32  # native 10 px, raised so the CNN's three poolings leave 4 px
+    assert _pixels(src, side) == _reference(root, side)
+    assert len(decoded) == 16  # no second decode
+    assert input_side(TrainConfig(data="shapes", image_size=24)) == 24  # IMAGE_SIZE= given: that side
 
 
 def test_an_unreadable_pixel_store_is_rebuilt_and_only_the_recent_sizes_are_kept(tmp_path, decoded):

@@ -122,3 +122,31 @@ def test_the_clock_extends_a_time_capped_run_that_would_finish_early_but_not_pas
         clock.on_epoch_end(epoch)
     assert clock.epochs == 3 + int((60 - 6) / 0.5) == 111  # what fits in the minute, below the rule's 200
     assert float(clock.schedule.total_steps.numpy()) == 1110
+
+
+def test_a_run_cut_on_a_busy_moment_is_extended_when_its_pace_recovers_in_its_first_half(monkeypatch):
+    """The first check lands on a slow patch (another job on the CPU) and shortens the plan; once the
+    pace is back, the clock extends it again while the run is in its first half, but not for a few
+    epochs, and never in its second half."""
+    now = [0.0]
+    monkeypatch.setattr("pipeline.training.budget.time.perf_counter", lambda: now[0])
+    budget = plan_budget(1000, 100, RULE, step_seconds=0.1, time_budget_min=1.0)  # 10 steps an epoch
+    assert budget.epochs == 60 and budget.fit_epochs == 200
+    [clock] = budget_clock(budget, warmup_cosine(1e-2, budget.steps), resuming=False)
+    clock._model = FakeModel()
+    monkeypatch.setattr(BudgetClock, "model", property(lambda self: self._model), raising=False)
+    clock.on_train_begin()
+    paces = [5.0, 2.0, 2.0] + [0.5] * 200  # traced; 2 s an epoch while busy, then 0.5 s
+    epoch = 0
+    plans = []
+    while not clock.model.stop_training:
+        now[0] += paces[epoch]
+        clock.on_epoch_end(epoch)
+        plans.append(clock.epochs)
+        epoch += 1
+    assert plans[2] == 3 + int((60 - 9) / 2.0) == 28  # cut at the first check
+    assert max(plans) > 28 and plans[-1] == epoch  # extended later, and it ran to its plan
+    changes = [k for k in range(1, len(plans)) if plans[k] != plans[k - 1]]
+    assert all(k + 1 <= plans[k - 1] / 2 for k in changes[1:])  # every later extension in the first half
+    assert all(plans[k] >= 1.25 * plans[k - 1] for k in changes[1:])  # by a real amount
+    assert now[0] <= 60 * BudgetClock.SLACK  # still within the time budget

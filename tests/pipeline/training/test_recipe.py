@@ -44,6 +44,23 @@ def test_the_detector_input_makes_small_objects_cover_enough_pixels():
     assert detector_input_size(profile([(200, 200)] * 20, boxes=[[0.1, 0.1, 0.15, 0.15]] * 20))[0] == 224
 
 
+def test_a_time_budget_lowers_the_detector_input_to_afford_its_steps_but_keeps_small_objects_visible():
+    boxes = [[0.1, 0.1, 0.15, 0.15]] * 20 + [[0.2, 0.2, 0.6, 0.6]] * 5  # the smallest tenth: 0.05 of the side
+    data = profile([(512, 512)] * 25, boxes=boxes)
+
+    def slow_machine(side):  # a step costs its pixels: 900 steps at 320 px, 1,836 at 224, 2,500 at 192
+        return int(900 * (320 / side) ** 2)
+
+    side, why = detector_input_size(data, slow_machine, wanted_steps=2000)
+    assert side == 192 and "lowered to 192 px for the time budget" in why and "900 steps at 320 px" in why
+    # a machine that affords the steps keeps the side the objects want
+    assert detector_input_size(data, lambda s: 10 ** 6, wanted_steps=2000)[0] == 320
+    # however slow the machine, the smallest tenth keeps a stride-8 cell: 0.05 x 160 px = 8 px
+    side, why = detector_input_size(data, lambda s: 1, wanted_steps=2000)
+    assert side == 160 and side * 0.05 >= 8 and "keeps 8 px" in why
+    assert detector_input_size(data)[0] == 320  # no budget to hold to: nothing lowered
+
+
 def test_class_weights_switch_on_for_imbalanced_classes_only():
     weights, why = class_weights(profile(counts=(400, 100, 50)), "auto")
     assert weights is not None and "8.0x" in why
