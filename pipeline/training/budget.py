@@ -191,7 +191,8 @@ class BudgetClock(keras.callbacks.Callback):
     * at every check, a plan that would overrun ``limit_s`` by more than SLACK is shortened;
     * a plan that would end well inside it (by SLACK) is extended to what the clock affords (never
       past what the rule wanted, ``wanted_epochs``): at the first check, and later while the run is in
-      the first half of its plan and the extension adds at least LATE_EXTENSION of it. A pace measured
+      the first half of its plan and the extension adds at least LATE_EXTENSION of it (or restores all
+      the rule wanted). A pace measured
       on a busy moment (another job at the first check) then no longer cuts the whole run short, while
       the decay, re-fitted only while the learning rate is still near its peak and by a real amount,
       does not move back and forth.
@@ -232,7 +233,9 @@ class BudgetClock(keras.callbacks.Callback):
         projected = elapsed + per_epoch * (self.epochs - epoch - 1)
         affordable = min(epoch + 1 + max(0, int((self.limit_s - elapsed) / per_epoch)), self.budget.fit_epochs)
         overruns = projected > self.limit_s * self.SLACK
-        worth = self.epochs + 1 if not self.checked else self.epochs * (1 + self.LATE_EXTENSION)
+        # later: a real amount, or all that is left of what the rule wanted
+        worth = self.epochs + 1 if not self.checked else min(self.epochs * (1 + self.LATE_EXTENSION),
+                                                             self.budget.fit_epochs)
         early = not self.checked or epoch + 1 <= self.epochs / 2
         extends = early and projected < self.limit_s / self.SLACK and affordable >= worth
         self.checked = True

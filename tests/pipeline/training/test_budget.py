@@ -150,3 +150,25 @@ def test_a_run_cut_on_a_busy_moment_is_extended_when_its_pace_recovers_in_its_fi
     assert all(k + 1 <= plans[k - 1] / 2 for k in changes[1:])  # every later extension in the first half
     assert all(plans[k] >= 1.25 * plans[k - 1] for k in changes[1:])  # by a real amount
     assert now[0] <= 60 * BudgetClock.SLACK  # still within the time budget
+
+
+def test_a_late_extension_may_be_small_when_it_restores_the_whole_plan(monkeypatch):
+    """Cut at the first check to a little less than the rule wanted: once the pace is back, the clock
+    gives the run all the rule wanted, though that adds less than a quarter."""
+    now = [0.0]
+    monkeypatch.setattr("pipeline.training.budget.time.perf_counter", lambda: now[0])
+    budget = plan_budget(1000, 100, RULE, step_seconds=0.02, time_budget_min=1.0)
+    assert budget.epochs == budget.fit_epochs == 200  # the rule's 2,000 steps fit the estimate
+    [clock] = budget_clock(budget, warmup_cosine(1e-2, budget.steps), resuming=False)
+    clock._model = FakeModel()
+    monkeypatch.setattr(BudgetClock, "model", property(lambda self: self._model), raising=False)
+    clock.on_train_begin()
+    paces = [1.0, 0.34, 0.34] + [0.2] * 300  # busy at the first check (0.034 s a step), then 0.02 s
+    epoch = 0
+    while not clock.model.stop_training:
+        now[0] += paces[epoch]
+        clock.on_epoch_end(epoch)
+        if epoch == 2:
+            cut = clock.epochs
+        epoch += 1
+    assert cut < 200 <= cut * 1.25 and epoch == 200  # cut by less than a quarter, then restored whole
