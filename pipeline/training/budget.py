@@ -51,6 +51,10 @@ class BudgetRule:
     time_budget_min: float
     train_to_forward: float
 
+    def limit_seconds(self, time_budget_min: float | None = None) -> float:
+        """The wall-clock cap in seconds: TIME_BUDGET= minutes when given, else the rule's."""
+        return 60.0 * (self.time_budget_min if time_budget_min is None else time_budget_min)
+
 
 CLASSIFIER_RULE = BudgetRule(min_steps=2000, min_epochs=10, max_epochs=300, time_budget_min=20.0, train_to_forward=3.0)
 DETECTOR_RULE = BudgetRule(min_steps=4000, min_epochs=10, max_epochs=400, time_budget_min=30.0, train_to_forward=8.0)
@@ -135,7 +139,7 @@ def plan_budget(train_examples: int, batch_size: int, rule: BudgetRule, *, epoch
     if wanted > rule.max_epochs * per_epoch:
         wanted, reason = rule.max_epochs * per_epoch, f"at most {rule.max_epochs} epochs of this small dataset"
     budget_min = rule.time_budget_min if time_budget_min is None else time_budget_min
-    limit_s = budget_min * 60.0
+    limit_s = rule.limit_seconds(time_budget_min)
     wanted_epochs = max(1, math.ceil(wanted / per_epoch))
     if step_seconds is not None and step_seconds > 0:
         affordable = int(limit_s / step_seconds)

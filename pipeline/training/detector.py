@@ -154,7 +154,7 @@ def afforded_steps(cfg: DetectTrainConfig, side: int, num_classes: int):
         model = build_ssd(cfg.ssd.replace(anchors=cfg.ssd.anchors.replace(input_size=side)), num_classes)
         return estimate_step_seconds(model, cfg.batch_size, side, DETECTOR_RULE) - STEP_OVERHEAD_S
 
-    limit_s = 60.0 * (DETECTOR_RULE.time_budget_min if cfg.time_budget_min is None else cfg.time_budget_min)
+    limit_s = DETECTOR_RULE.limit_seconds(cfg.time_budget_min)
     return lambda s: int(limit_s / (compute_seconds() * (s / side) ** 2 + STEP_OVERHEAD_S))
 
 
