@@ -11,7 +11,11 @@ optimizer step. The rule (``plan_budget``), per task (``BudgetRule``):
    epoch the run checks the estimate against the clock, ends earlier if it would overrun and
    extends a plan the estimate cut too short (``BudgetClock``, which re-fits the schedule);
 3. rounded up to whole epochs (Keras trains in epochs; validation runs at their ends); down, when
-   the time budget set the number.
+   the time budget set the number. Where passes over the data are short next to the work at an
+   epoch's end (validation, the backup for a resume), an epoch of a time-budgeted run holds several
+   passes, so it lasts at least the rule's ``min_epoch_seconds`` (kept to at least
+   ``MIN_PLANNED_EPOCHS`` epochs): 480 photos in batches of 16 are 13 s a pass for the detector,
+   of which 2 s went to the epoch's end.
 
 STEPS= or EPOCHS= replace 1-2 (explicit settings win; the time budget does not cut them).
 
@@ -35,6 +39,7 @@ FINAL_LR_SHARE = 0.01  # the cosine ends at 1 % of the peak learning rate
 STEP_OVERHEAD_S = 0.02  # Keras' per-step work (callbacks, the input pipeline hand-off, epoch-end validation
                         # spread over the steps), measured on a 2-core CPU with the small CNN
 TIMED_FORWARD_RUNS = 3
+MIN_PLANNED_EPOCHS = 20  # an epoch grouping several passes leaves the clock and early stopping this many
 
 
 @dataclass(frozen=True)
@@ -43,28 +48,34 @@ class BudgetRule:
     small data; min_epochs/max_epochs: passes over the data; time_budget_min: the wall-clock cap;
     train_to_forward: what a training step costs in forward passes of one batch (measured on a
     2-core CPU: about 3 for the CNN; about 8 for the SSD, whose step adds the loss's hard negative
-    mining, depthwise-convolution gradients and a checkpoint per short epoch)."""
+    mining, depthwise-convolution gradients and a checkpoint per short epoch); min_epoch_seconds: an
+    epoch of a time-budgeted plan holds whole passes over the data until it lasts this long (0: one
+    pass an epoch)."""
 
     min_steps: int
     min_epochs: int
     max_epochs: int
     time_budget_min: float
     train_to_forward: float
+    min_epoch_seconds: float = 0.0
 
     def limit_seconds(self, time_budget_min: float | None = None) -> float:
         """The wall-clock cap in seconds: TIME_BUDGET= minutes when given, else the rule's."""
         return 60.0 * (self.time_budget_min if time_budget_min is None else time_budget_min)
 
 
-CLASSIFIER_RULE = BudgetRule(min_steps=2000, min_epochs=10, max_epochs=300, time_budget_min=20.0, train_to_forward=3.0)
-DETECTOR_RULE = BudgetRule(min_steps=4000, min_epochs=10, max_epochs=400, time_budget_min=30.0, train_to_forward=8.0)
+CLASSIFIER_RULE = BudgetRule(min_steps=2000, min_epochs=10, max_epochs=300, time_budget_min=20.0, train_to_forward=3.0,
+                             min_epoch_seconds=45.0)
+DETECTOR_RULE = BudgetRule(min_steps=4000, min_epochs=10, max_epochs=400, time_budget_min=30.0, train_to_forward=8.0,
+                           min_epoch_seconds=45.0)
 
 
 @dataclass(frozen=True)
 class Budget:
     """The plan a run trains to, printed before training and recorded in metrics.json.
 
-    epochs x steps_per_epoch = steps. ``reason``: which rule set the number, in words.
+    epochs x steps_per_epoch = steps; an epoch is ``passes_per_epoch`` passes over the training data.
+    ``reason``: which rule set the number, in words.
     ``est_step_seconds``: None when not estimated (EPOCHS= or STEPS= given and no estimate asked).
     ``limit_s``: the time budget the plan must hold to (``BudgetClock``); None for EPOCHS= / STEPS=.
     ``wanted_epochs``: what the rule asked for before the time cap (the most ``BudgetClock`` may extend to).
@@ -76,6 +87,7 @@ class Budget:
     est_step_seconds: float | None = None
     limit_s: float | None = None
     wanted_epochs: int | None = None
+    passes_per_epoch: int = 1
 
     @property
     def steps(self) -> int:
@@ -86,7 +98,8 @@ class Budget:
         return None if self.est_step_seconds is None else self.steps * self.est_step_seconds / 60.0
 
     def describe(self) -> str:
-        line = (f"Training budget: {self.steps} steps ({self.epochs} epochs of {self.steps_per_epoch} steps); "
+        passes = f", {self.passes_per_epoch} passes over the data each" if self.passes_per_epoch > 1 else ""
+        line = (f"Training budget: {self.steps} steps ({self.epochs} epochs of {self.steps_per_epoch} steps{passes}); "
                 f"{self.reason}")
         if self.est_minutes is not None:
             line += f"; estimated {self.est_minutes:.1f} min ({self.est_step_seconds * 1000:.0f} ms/step)"
@@ -98,12 +111,19 @@ class Budget:
     @classmethod
     def from_dict(cls, d: dict) -> "Budget":
         return cls(**{k: d.get(k) for k in ("steps_per_epoch", "epochs", "reason", "est_step_seconds", "limit_s",
-                                            "wanted_epochs")})
+                                            "wanted_epochs")}, passes_per_epoch=d.get("passes_per_epoch", 1))
 
     @property
     def fit_epochs(self) -> int:
         """The ``epochs`` to give ``model.fit``: the most a BudgetClock may extend the run to."""
         return max(self.epochs, self.wanted_epochs or 0)
+
+    def epoch_feed(self, dataset):
+        """(dataset, steps_per_epoch) for ``model.fit``: the dataset repeated, and the epoch's steps, when an
+        epoch holds several passes; as given (one pass an epoch) otherwise."""
+        if self.passes_per_epoch == 1:
+            return dataset, None
+        return dataset.repeat(), self.steps_per_epoch
 
 
 def check_budget_settings(epochs: int | None, steps: int | None, time_budget_min: float | None) -> None:
@@ -140,13 +160,22 @@ def plan_budget(train_examples: int, batch_size: int, rule: BudgetRule, *, epoch
         wanted, reason = rule.max_epochs * per_epoch, f"at most {rule.max_epochs} epochs of this small dataset"
     budget_min = rule.time_budget_min if time_budget_min is None else time_budget_min
     limit_s = rule.limit_seconds(time_budget_min)
-    wanted_epochs = max(1, math.ceil(wanted / per_epoch))
-    if step_seconds is not None and step_seconds > 0:
-        affordable = int(limit_s / step_seconds)
-        if affordable < wanted:  # whole epochs that fit: rounded down, so the cap holds
-            return Budget(per_epoch, max(1, affordable // per_epoch), f"capped by the {budget_min:g} min time budget",
-                          step_seconds, limit_s, wanted_epochs)
-    return Budget(per_epoch, wanted_epochs, reason, step_seconds, limit_s, wanted_epochs)
+    wanted_passes = passes = math.ceil(wanted / per_epoch)
+    capped = step_seconds is not None and step_seconds > 0 and int(limit_s / step_seconds) < wanted
+    if capped:  # whole passes that fit: rounded down, so the cap holds
+        passes, reason = max(1, int(limit_s / step_seconds) // per_epoch), f"capped by the {budget_min:g} min time budget"
+    group = _passes_per_epoch(per_epoch * step_seconds, passes, rule) if step_seconds else 1
+    wanted_epochs = math.ceil(wanted_passes / group)
+    epochs = max(1, passes // group) if capped else wanted_epochs
+    return Budget(per_epoch * group, epochs, reason, step_seconds, limit_s, wanted_epochs, group)
+
+
+def _passes_per_epoch(pass_seconds: float, passes: int, rule: BudgetRule) -> int:
+    """Passes over the data an epoch holds: enough for ``rule.min_epoch_seconds``, while the plan keeps
+    MIN_PLANNED_EPOCHS epochs."""
+    if pass_seconds <= 0 or rule.min_epoch_seconds <= 0:
+        return 1
+    return max(1, min(math.ceil(rule.min_epoch_seconds / pass_seconds), passes // MIN_PLANNED_EPOCHS))
 
 
 @keras.saving.register_keras_serializable(package="vision_toolkit")
@@ -241,7 +270,8 @@ class BudgetClock(keras.callbacks.Callback):
         worth = self.epochs + 1 if not self.checked else min(self.epochs * (1 + self.LATE_EXTENSION),
                                                              self.budget.fit_epochs)
         early = not self.checked or epoch + 1 <= self.epochs / 2
-        extends = early and projected < self.limit_s / self.SLACK and affordable >= worth
+        extends = (early and projected < self.limit_s / self.SLACK and affordable >= worth
+                   and affordable > self.epochs)  # a plan already whole is not re-planned
         self.checked = True
         if not (overruns or extends):
             return

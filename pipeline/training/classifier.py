@@ -10,7 +10,6 @@ The order of work is what makes failures safe:
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -32,8 +31,9 @@ from pipeline.evaluation.report import plot_confusion_matrix, plot_training_curv
 from pipeline.sources.schema import Source
 from pipeline.training.budget import (CLASSIFIER_RULE, Budget, budget_clock, check_budget_settings,
                                       estimate_step_seconds, plan_budget, warmup_cosine)
-from pipeline.training.lifecycle import (default_verbosity, finish_run, run_lifecycle, run_metrics, settle_budget,
-                                         start_run, training_callbacks, without_legacy_keys, write_budget)
+from pipeline.training.lifecycle import (default_verbosity, finish_run, fit_once, run_lifecycle, run_metrics,
+                                         settle_budget, start_run, training_callbacks, without_legacy_keys,
+                                         write_budget)
 from pipeline.training.recipe import (CLASS_WEIGHT_MODES, DataProfile, class_weights, classifier_image_size,
                                       describe_choices, profile_source)
 from pipeline.training.stopping import DEFAULT_PATIENCE_STEPS, BudgetEarlyStopping
@@ -297,18 +297,19 @@ def _train(cfg: TrainConfig, source: Source, profile: DataProfile, choices: list
         if timed:
             clock.extend(budget_clock(budget, learning_rate, resuming=resuming,
                                       on_replan=lambda b: write_budget(run, b) if chief else None))
-        compiled.fit(train_ds, validation_data=val_ds, initial_epoch=first_epoch,
+        feed, steps_per_epoch = budget.epoch_feed(train_ds)
+        compiled.fit(feed, steps_per_epoch=steps_per_epoch, validation_data=val_ds, initial_epoch=first_epoch,
                      epochs=budget.fit_epochs if clock else last_epoch, callbacks=callbacks + clock, verbose=verbose, class_weight=weights,
                      shuffle=False)  # the dataset reshuffles itself, seeded
         return compiled
 
-    start = time.time()
-    if cfg.model == "mobilenetv2" and (cfg.mobilenet.weights != "none" or cfg.init):
-        model = _fine_tune(model, cfg, budget, mine, fit)  # a pretrained backbone: head first
-    else:
-        model = fit(warmup_cosine(cfg.learning_rate, budget.steps), first_epoch=0, last_epoch=budget.epochs,
-                    stops=True, backup="backup", timed=True)
-    train_seconds = time.time() - start
+    def fit_all():
+        if cfg.model == "mobilenetv2" and (cfg.mobilenet.weights != "none" or cfg.init):
+            return _fine_tune(model, cfg, budget, mine, fit)  # a pretrained backbone: head first
+        return fit(warmup_cosine(cfg.learning_rate, budget.steps), first_epoch=0, last_epoch=budget.epochs,
+                   stops=True, backup="backup", timed=True)
+
+    model, train_seconds = fit_once(run, model, fit_all, resuming=resuming, writes=chief)
     budget = clock[0].budget if clock else budget
     if not chief:
         return {}

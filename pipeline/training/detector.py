@@ -9,7 +9,6 @@ metrics.json holds COCO box metrics of the test split instead of accuracy.
 from __future__ import annotations
 
 import functools
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -35,14 +34,17 @@ from pipeline.sources.schema import Source
 from pipeline.training.history import read_history
 from pipeline.training.budget import (DETECTOR_RULE, STEP_OVERHEAD_S, WarmupCosine, budget_clock,
                                       check_budget_settings, estimate_step_seconds, plan_budget, warmup_cosine)
-from pipeline.training.lifecycle import (default_verbosity, finish_run, run_lifecycle, run_metrics, settle_budget,
-                                         start_run, training_callbacks, without_legacy_keys, write_budget)
+from pipeline.training.lifecycle import (default_verbosity, finish_run, fit_once, run_lifecycle, run_metrics,
+                                         settle_budget, start_run, training_callbacks, without_legacy_keys,
+                                         write_budget)
 from pipeline.training.recipe import DataProfile, describe_choices, detector_input_size, profile_source
 from pipeline.training.stopping import DEFAULT_PATIENCE_STEPS, BudgetEarlyStopping
 from pipeline.training.warm_start import load_matching_weights
 
 LOW_ANCHOR_RECALL = 0.9  # below this share of boxes with an anchor at the matching IoU, the run warns
 EXAMPLE_IMAGES = 6  # test images drawn with predicted and true boxes in the report
+SIDE_STEPS = 3500  # a time-budgeted run lowers its input side while the budget affords fewer steps (of 16
+                   # images) at it: calibrated on the photo benchmark (README), where 192 px scored best
 OPTIMIZERS = ("adam", "sgd")  # sgd: momentum 0.9
 
 
@@ -173,7 +175,7 @@ def resolve_config(cfg: DetectTrainConfig, profile: DataProfile, num_classes: in
         wanted = side
         if cfg.epochs is None and cfg.steps is None and len(profile.boxes):
             side, why = detector_input_size(profile, afforded_steps(cfg, wanted, num_classes),
-                                            DETECTOR_RULE.min_steps * 7 // 8)
+                                            SIDE_STEPS)
             if side < wanted:
                 larger += " with a longer TIME_BUDGET="
         anchors = anchors.replace(input_size=side)
@@ -267,11 +269,15 @@ def _train(cfg: DetectTrainConfig, source: Source, profile: DataProfile, choices
                                   patience_steps=cfg.patience_steps)
     callbacks = training_callbacks(run, stopping=stopper, history_csv=history_csv, log_dir=run.logs)
     clock = budget_clock(budget, schedule, resuming=resuming, on_replan=lambda b: write_budget(run, b))
-    start = time.time()
-    model.fit(train_ds, validation_data=val_ds, epochs=budget.fit_epochs if clock else budget.epochs,
-              callbacks=callbacks + clock, verbose=verbose,
-              shuffle=False)  # the dataset reshuffles itself, seeded
-    train_seconds = time.time() - start
+    feed, steps_per_epoch = budget.epoch_feed(train_ds)
+
+    def fit():
+        model.fit(feed, steps_per_epoch=steps_per_epoch, validation_data=val_ds,
+                  epochs=budget.fit_epochs if clock else budget.epochs, callbacks=callbacks + clock, verbose=verbose,
+                  shuffle=False)  # the dataset reshuffles itself, seeded
+        return model
+
+    model, train_seconds = fit_once(run, model, fit, resuming=resuming)
     budget = clock[0].budget if clock else budget
     history = read_history(history_csv)
 

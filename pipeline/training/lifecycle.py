@@ -6,17 +6,20 @@
 3. ``write_budget``: the step budget (pipeline.training.budget), kept for a resumed run;
    ``training_callbacks``: the epoch's CSV row, then its backup (BackupAndRestore in RUN/.resume),
    then early stopping and TensorBoard: a kill loses at most the epoch in progress;
+   ``fit_once``: the fitted weights, kept in RUN/.resume once training ends, so a run killed (or
+   failed) while it evaluates and writes its report resumes there instead of training again;
 4. ``finish_run``: model.keras, then metrics.json last (its presence marks the run complete),
    then RUN/.resume is removed.
 
 ``run_lifecycle`` ties them together for a task's training function; a new run that fails
-before its first backup removes what it wrote (``remove_training_outputs``), and only that:
+before its first backup (or fitted weights) removes what it wrote (``remove_training_outputs``), and only that:
 ``tuning/`` (a search that trains its best model into the same folder) and the lock stay.
 """
 from __future__ import annotations
 
 import shutil
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -37,6 +40,8 @@ TRAINING_DIRS = ("plots", "samples", "logs", ".resume", "eval", "predictions")
 # What may already be in RUN when a new run starts there.
 NOT_A_RUN = {"tuning", LOCK_FILE}
 BUDGET_FILE = "budget.json"  # in RUN/.resume: the plan of the run in progress
+FITTED_WEIGHTS = "fitted.weights.h5"  # in RUN/.resume: the weights of a run whose training ended
+FITTED_FILE = "fitted.json"  # beside them: how long training took
 LEGACY_CONFIG_KEYS = ("patience",)  # config.json keys of earlier releases that no longer mean anything
 
 
@@ -173,6 +178,26 @@ def finish_run(run: RunFolder, model, metrics: dict) -> None:
     shutil.rmtree(run.resume_dir, ignore_errors=True)
 
 
+def fit_once(run: RunFolder, model: keras.Model, fit: Callable[[], keras.Model], *, resuming: bool,
+             writes: bool = True) -> tuple[keras.Model, float]:
+    """``fit()`` (which returns the fitted model), then its weights saved in RUN/.resume; or, when an
+    earlier session of this run got that far, those weights loaded into ``model`` and no training.
+    Returns the model and the seconds training took. ``writes``: False for a non-chief worker."""
+    weights, facts = run.resume_dir / FITTED_WEIGHTS, run.resume_dir / FITTED_FILE
+    if resuming and weights.exists() and facts.exists():
+        model.load_weights(weights)
+        print(f"Training of {run.root} had ended in an earlier session: evaluating its weights")
+        return model, float(read_json(facts)["train_seconds"])
+    start = time.time()
+    model = fit()
+    seconds = time.time() - start
+    if writes:
+        with atomic_path(weights) as tmp:
+            model.save_weights(tmp)
+        write_json(facts, {"train_seconds": seconds})  # after the weights: together they mark the fit done
+    return model, seconds
+
+
 def default_verbosity() -> int:
     """A live progress bar on a terminal, one line per epoch in logs and CI."""
     return 1 if sys.stdout.isatty() else 2
@@ -203,6 +228,6 @@ def run_lifecycle(run_dir: Path, config: dict, *, force: bool, train: Callable[[
             print(f"\nInterrupted. Run the same command again to resume from the last finished epoch ({run.root}).")
         raise
     except BaseException:
-        if chief and state == "new" and not (run.resume_dir / "backup").exists():
+        if chief and state == "new" and not any((run.resume_dir / name).exists() for name in ("backup", FITTED_FILE)):
             remove_training_outputs(run)  # nothing worth resuming: leave no half-written run
         raise

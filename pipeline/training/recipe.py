@@ -16,9 +16,8 @@ The rules, also in the README ("How `make train` chooses"):
   (two cells of the finest, stride-8 feature map), rounded up to a multiple of 32, between
   ``DETECTOR_SIDES`` and never more than the native image side (no upsampling of whole images).
   Then, when the run is held to a time budget, the side is lowered 32 px at a time while the budget
-  affords fewer than ``wanted_steps`` optimizer steps at it (the detector's: 7/8 of its rule's
-  minimum), as long as the smallest tenth of objects keeps ``MIN_SMALL_OBJECT_PX`` (one stride-8
-  cell). Calibrated on the benchmark's 600-photo VOC set on a 2-core CPU, batches of 16: the 30
+  affords fewer than ``wanted_steps`` optimizer steps at it (the detector's ``SIDE_STEPS``), as long
+  as the smallest tenth of objects keeps ``MIN_SMALL_OBJECT_PX`` (one stride-8 cell). Calibrated on the benchmark's 600-photo VOC set on a 2-core CPU, batches of 16: the 30
   minutes afford about 2,600 steps at 256 px, 3,400 at 224 and 4,500 at 192; 192 px trained 3,960
   and reached mAP@.5 0.832 (at batch 32: 256 px, 1,020 steps, 0.773; 192 px, 2,415, 0.801). On a
   fast machine the budget affords the steps at the wanted side, and nothing is lowered.

@@ -3,8 +3,10 @@ import math
 
 import pytest
 
-from pipeline.training.budget import (FINAL_LR_SHARE, WARMUP_SHARE, Budget, BudgetClock, BudgetRule, budget_clock,
-                                      plan_budget, warmup_cosine)
+import tensorflow as tf
+
+from pipeline.training.budget import (FINAL_LR_SHARE, MIN_PLANNED_EPOCHS, WARMUP_SHARE, Budget, BudgetClock,
+                                      BudgetRule, budget_clock, plan_budget, warmup_cosine)
 
 RULE = BudgetRule(min_steps=2000, min_epochs=10, max_epochs=300, time_budget_min=20.0, train_to_forward=3.0)
 
@@ -50,6 +52,47 @@ def test_a_budget_round_trips_through_json():
     b = plan_budget(1400, 64, RULE, step_seconds=0.03)
     assert Budget.from_dict(b.to_dict()) == b
     assert "estimated" in b.describe() and str(b.steps) in b.describe()
+
+
+GROUPING = BudgetRule(min_steps=4000, min_epochs=10, max_epochs=400, time_budget_min=30.0, train_to_forward=8.0,
+                      min_epoch_seconds=45.0)
+
+
+def test_short_passes_are_grouped_into_epochs_of_at_least_the_rules_seconds():
+    b = plan_budget(480, 16, GROUPING, step_seconds=0.3)  # 30 steps, 9 s a pass
+    assert b.passes_per_epoch == 5 and b.steps_per_epoch == 150  # 45 s an epoch
+    assert b.steps >= 4000 and b.steps - 4000 < 150
+    assert b.wanted_epochs == b.epochs == 27
+    assert "5 passes over the data each" in b.describe()
+    capped = plan_budget(480, 16, GROUPING, step_seconds=0.6)  # 3000 steps fit in 30 min: 100 passes
+    assert capped.passes_per_epoch == 3 and capped.steps <= 3000 and capped.steps > 3000 - capped.steps_per_epoch
+    assert capped.wanted_epochs * capped.steps_per_epoch >= 4000  # what a clock may extend it to
+
+
+def test_grouping_keeps_enough_epochs_and_never_touches_explicit_or_untimed_plans():
+    few = plan_budget(16_000, 16, GROUPING, step_seconds=0.01)  # 10 s a pass, but only 10 passes wanted
+    assert few.passes_per_epoch == 1 and few.epochs == 10
+    some = plan_budget(1600, 16, GROUPING, step_seconds=0.01)  # 1 s a pass, 40 passes wanted
+    assert some.passes_per_epoch == 40 // MIN_PLANNED_EPOCHS and some.epochs >= MIN_PLANNED_EPOCHS
+    assert plan_budget(480, 16, GROUPING).passes_per_epoch == 1  # no estimate
+    assert plan_budget(480, 16, GROUPING, epochs=7, step_seconds=0.3).steps_per_epoch == 30
+    assert plan_budget(480, 16, RULE, step_seconds=0.3).passes_per_epoch == 1  # the rule groups nothing
+
+
+def test_an_epoch_of_several_passes_feeds_its_steps_from_the_repeated_data():
+    batches = tf.data.Dataset.range(10).batch(4)  # 3 batches a pass
+    one = Budget(steps_per_epoch=3, epochs=2, reason="")
+    assert one.epoch_feed(batches) == (batches, None)
+    grouped = Budget(steps_per_epoch=6, epochs=2, reason="", passes_per_epoch=2)
+    feed, steps = grouped.epoch_feed(batches)
+    assert steps == 6
+    assert [len(b) for b in feed.take(2 * steps)] == [4, 4, 2] * 4
+
+
+def test_a_budget_saved_before_grouping_reads_as_one_pass_an_epoch():
+    d = plan_budget(1400, 64, RULE, step_seconds=0.03).to_dict()
+    del d["passes_per_epoch"]
+    assert Budget.from_dict(d).passes_per_epoch == 1
 
 
 def test_the_schedule_warms_up_then_decays_to_its_floor():
@@ -164,6 +207,8 @@ def test_a_late_extension_may_be_small_when_it_restores_the_whole_plan(monkeypat
     monkeypatch.setattr(BudgetClock, "model", property(lambda self: self._model), raising=False)
     clock.on_train_begin()
     paces = [1.0, 0.34, 0.34] + [0.2] * 300  # busy at the first check (0.034 s a step), then 0.02 s
+    replans = []
+    clock.on_replan = replans.append
     epoch = 0
     while not clock.model.stop_training:
         now[0] += paces[epoch]
@@ -172,3 +217,4 @@ def test_a_late_extension_may_be_small_when_it_restores_the_whole_plan(monkeypat
             cut = clock.epochs
         epoch += 1
     assert cut < 200 <= cut * 1.25 and epoch == 200  # cut by less than a quarter, then restored whole
+    assert [b.epochs for b in replans] == [cut, 200]  # once restored, the whole plan is not re-planned again

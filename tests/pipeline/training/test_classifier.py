@@ -179,3 +179,36 @@ def test_failed_new_run_removes_only_what_training_wrote(tmp_path, tiny_shapes):
         train_classifier(bad, tiny_shapes, shared, verbose=0)
     assert (shared / "tuning" / "trials.csv").read_text() == "kept"
     assert sorted(p.name for p in shared.iterdir()) == ["tuning"]
+
+
+def test_a_run_that_fails_after_training_resumes_at_its_evaluation(tmp_path, tiny_shapes, monkeypatch, capsys):
+    """A kill or an error while the test split is scored used to cost the whole training: the backup
+    is gone once fit ends, and the failed new run was removed. The fitted weights now stay in
+    RUN/.resume, and the rerun evaluates them without training again."""
+    import pipeline.training.classifier as classifier
+
+    cfg = TrainConfig(data="shapes", image_size=32, epochs=2, batch_size=32, cnn=SMALL_CNN)
+    run = tmp_path / "run"
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("scoring crashed")
+
+    scoring = classifier.classification_metrics
+    monkeypatch.setattr(classifier, "classification_metrics", broken)
+    with pytest.raises(RuntimeError, match="scoring crashed"):
+        train_classifier(cfg, tiny_shapes, run, verbose=0)
+    assert (run / ".resume" / "fitted.weights.h5").exists() and not (run / "metrics.json").exists()
+
+    monkeypatch.setattr(classifier, "classification_metrics", scoring)
+    monkeypatch.setattr(keras.Model, "fit", lambda *a, **k: pytest.fail("the fitted run trained again"))
+    capsys.readouterr()
+    metrics = train_classifier(cfg, tiny_shapes, run, verbose=0)
+    assert "had ended in an earlier session" in capsys.readouterr().out
+    assert metrics["epochs_run"] == 2 and metrics["train_seconds"] > 0
+    assert (run / "metrics.json").exists() and not (run / ".resume").exists()
+    kept = keras.models.load_model(run / "model.keras")
+    assert metrics["test"]["accuracy"] == pytest.approx(
+        classifier.classification_metrics(*classifier.predict_dataset(
+            lambda x: kept.predict_on_batch(x),
+            classifier.classification_dataset(tiny_shapes, "test", cfg.pipeline(), training=False)),
+            list(tiny_shapes.label_names))["accuracy"])
