@@ -230,6 +230,10 @@ def test_quality_figures(smoke_run):
     for name in ("keras", "int8"):
         m = p[name]
         assert 0 <= m["map"] <= m["map50"] + 1e-9 and m["map50"] <= 1, (name, m)
+    held = p["held_out"]  # the same detector on the other seed's train split: 32 of its 40 photos
+    assert held["split"] == "train" and held["images"] == 32 and held["data"] != p["data"]
+    for name in ("keras", "int8"):
+        assert 0 <= held[name]["map"] <= held[name]["map50"] + 1e-9 <= 1 + 1e-9, (name, held)
     for task in (d, p):
         assert task["epochs_run"] == 1
         assert task["steps"] == math.ceil(task["split_sizes"]["train"] / task["batch_size"])
