@@ -6,7 +6,7 @@
 #              OBJECTIVE=accuracy|score LATENCY_WEIGHT=0.07 SPACE=space.yaml SPACE_SET='filters=8,16' WORKERS=N FINAL_EPOCHS=
 #              TRIAL_IMAGES= TRIALS_PER_PROCESS=]
 #   make export [QUANT=int8|float32|float16|dynamic|int8-qat|all PRUNE=0.5 CALIB=200 MIN_AGREEMENT=0.98 INT8_IO=uint8]
-#   make eval | predict IMAGE=... [MODEL=RUN/export/model_int8.tflite] | bench | test
+#   make eval [SPLIT=test] | predict IMAGE=... [MODEL=RUN/export/model_int8.tflite] | bench | test
 #   make app RUN=...                 RUN/app/: the exported model in a web page (MediaPipe Tasks for the web)
 #   make serve RUN=... [HOST=0.0.0.0 PORT=8000]   serve RUN/app/ (127.0.0.1 unless HOST= opts in)
 #
@@ -100,7 +100,7 @@ train: $(STAMP)
 	VERBOSE=$(VERBOSE) $(PY) cli.py train $(TRAIN_ARGS)
 
 eval: $(STAMP)
-	VERBOSE=$(VERBOSE) $(PY) cli.py eval --run '$(RUN)' $(if $(filter-out shapes,$(DATA)),--data '$(DATA)') $(call opt,--model,$(MODEL))
+	VERBOSE=$(VERBOSE) $(PY) cli.py eval --run '$(RUN)' $(if $(filter-out shapes,$(DATA)),--data '$(DATA)') $(call opt,--model,$(MODEL)) $(call opt,--split,$(SPLIT))
 
 predict: $(STAMP)
 	VERBOSE=$(VERBOSE) $(PY) cli.py predict --run '$(RUN)' $(call opt,--image,$(IMAGE)) $(call opt,--model,$(MODEL))

@@ -188,7 +188,9 @@ def cmd_eval(args) -> None:
     task = task_of(args.run, args.model if args.model is not None and args.model.suffix == ".tflite" else None)
     result, line = task.evaluate(args.run, model_path=args.model, data=args.data, data_dir=args.data_dir,
                                  split=args.split)
-    out = RunFolder(args.run).root / "eval" / f"{Path(result['model']).stem}-{args.split}.json"
+    run = RunFolder(args.run)
+    own = result["data"] == run.read_config().get("data")
+    out = run.evaluation(Path(result["model"]), args.split, None if own else result["data"])
     write_json(out, result)
     print(line)
     print(wrote(out))

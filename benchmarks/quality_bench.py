@@ -39,7 +39,7 @@ from sklearn.svm import SVC
 from benchmarks.data_paths import resolve_data_dir
 from benchmarks.quality_data import write_digits_folder, write_photo_detection_set
 from common.processes import die_with_parent
-from common.run_folder import read_json, write_json, write_text
+from common.run_folder import RunFolder, read_json, write_json, write_text
 from pipeline.sources.specs import open_source
 
 CLI = Path(__file__).resolve().parents[1] / "cli.py"
@@ -101,13 +101,12 @@ def run_cli(*args: str) -> float:
     return time.perf_counter() - start
 
 
-def _eval_result(run: Path, model: Path, split: str = "test") -> dict:
-    """The newest RUN/eval/*.json that `cli.py eval` wrote for ``model`` on ``split``."""
-    for path in sorted((run / "eval").glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True):
-        result = read_json(path)
-        if Path(result.get("model", "")).resolve() == model.resolve() and result.get("split", split) == split:
-            return result
-    raise RuntimeError(f"{run / 'eval'}: no evaluation of {model} on the {split} split")
+def _eval_result(run: Path, model: Path, split: str = "test", data: str | None = None) -> dict:
+    """What `cli.py eval` wrote for ``model`` on ``split`` (of ``data``; None: the run's own data)."""
+    path = RunFolder(run).evaluation(model, split, data)
+    if not path.exists():
+        raise RuntimeError(f"{path}: `cli.py eval` wrote no evaluation of {model} on the {split} split")
+    return read_json(path)
 
 
 def train_export_eval(task: str, data: str, run: Path, size: QualitySize, scores: tuple[str, ...],
@@ -147,8 +146,9 @@ def score_held_out(run: Path, data: str, scores: tuple[str, ...], data_dir: Path
     for name, model in (("keras", run / "model.keras"), ("int8", run / "export" / "model_int8.tflite")):
         out["seconds"] += run_cli("eval", "--run", str(run), "--model", str(model), "--data", data,
                                   "--split", HELD_OUT_SPLIT, "--data-dir", str(data_dir))
-        result = _eval_result(run, model, HELD_OUT_SPLIT)
+        result = _eval_result(run, model, HELD_OUT_SPLIT, data)
         out[name] = {k: result[k] for k in scores}
+        out[name]["by_size"] = result.get("by_size")
         out["images"] = result.get("images")
     return out
 
@@ -254,7 +254,17 @@ def _markdown(r: dict) -> str:
         f"of {h['data']}): Keras mAP@.5 {_number(h['keras']['map50'])}, mAP@[.5:.95] {_number(h['keras']['map'])}; "
         f"int8 mAP@.5 {_number(h['int8']['map50'])}, mAP@[.5:.95] {_number(h['int8']['map'])}.",
         "",
+        *_size_lines(h["keras"].get("by_size")),
     ])
+
+
+def _size_lines(by_size: dict | None) -> list[str]:
+    """The held-out Keras AP@.5 by object size (the object's side at the model's input), one line."""
+    if not by_size:
+        return []
+    parts = [f"{name} {_number(m['ap50'])} ({m['objects']} objects)" for name, m in by_size.items()]
+    bounds = "/".join(str(m["max_px"]) for m in by_size.values() if m["max_px"])
+    return [f"Its Keras AP@.5 by object size (side at the input, bins at {bounds} px): {', '.join(parts)}.", ""]
 
 
 if __name__ == "__main__":  # python -m benchmarks.quality_bench OUT

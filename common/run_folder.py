@@ -19,8 +19,10 @@ so a killed process never leaves a half-written file behind.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +132,23 @@ class RunFolder:
     @property
     def export(self) -> Path:
         return self.root / "export"
+
+    @property
+    def evaluations(self) -> Path:
+        return self.root / "eval"
+
+    def evaluation(self, model: Path, split: str, data: str | None = None) -> Path:
+        """Where `make eval` writes ``model``'s score on ``split``: ``eval/<model>-<split>.json`` on
+        the run's own data; on other ``data``, ``eval/<model>-<data>-<split>.json``, with the data
+        spec's last part and a short hash of the whole spec, so two sets never share a file."""
+        stem = Path(model).stem
+        if data is None:
+            return self.evaluations / f"{stem}-{split}.json"
+        kind, _, where = data.partition(":") if ":" in data else ("", "", data)
+        tail = re.sub(r"[^A-Za-z0-9._]+", "-", where.replace("\\", "/").rstrip("/").split("/")[-1]).strip("-.")
+        digest = hashlib.sha1(data.encode("utf-8")).hexdigest()[:6]
+        name = "-".join(part for part in (kind, tail, digest) if part)
+        return self.evaluations / f"{stem}-{name}-{split}.json"
 
     def is_complete(self) -> bool:
         return self.metrics.exists() and self.model.exists()

@@ -192,7 +192,7 @@ def test_a_run_cut_on_a_busy_moment_is_extended_when_its_pace_recovers_in_its_fi
     changes = [k for k in range(1, len(plans)) if plans[k] != plans[k - 1]]
     assert all(k + 1 <= plans[k - 1] / 2 for k in changes[1:])  # every later extension in the first half
     assert all(plans[k] >= 1.25 * plans[k - 1] for k in changes[1:])  # by a real amount
-    assert now[0] <= 60 * BudgetClock.SLACK  # still within the time budget
+    assert now[0] <= 60  # still within the time budget
 
 
 def test_a_late_extension_may_be_small_when_it_restores_the_whole_plan(monkeypatch):

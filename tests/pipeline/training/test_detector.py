@@ -33,6 +33,9 @@ def test_run_folder_has_every_artifact(trained_detector, overfit_source):
     assert f"{metrics['test']['map50']:.3f}" in report and "example_00.png" in report
     saved = json.loads((run / "metrics.json").read_text())
     assert set(saved["test"]["per_class"]) == set(overfit_source.label_names)
+    by_size = saved["test"]["by_size"]  # binned at the model's input side
+    assert sum(m["objects"] for m in by_size.values()) == saved["test"]["objects"]
+    assert f"by object size (the object's side at the {cfg.image_size} px input)" in report
 
 
 @pytest.mark.heavy
