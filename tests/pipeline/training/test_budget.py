@@ -72,11 +72,21 @@ def test_short_passes_are_grouped_into_epochs_of_at_least_the_rules_seconds():
 def test_grouping_keeps_enough_epochs_and_never_touches_explicit_or_untimed_plans():
     few = plan_budget(16_000, 16, GROUPING, step_seconds=0.01)  # 10 s a pass, but only 10 passes wanted
     assert few.passes_per_epoch == 1 and few.epochs == 10
-    some = plan_budget(1600, 16, GROUPING, step_seconds=0.01)  # 1 s a pass, 40 passes wanted
+    # 1 s a pass, 40 passes wanted: 40 s, most of a 1-min budget
+    some = plan_budget(1600, 16, GROUPING, step_seconds=0.01, time_budget_min=1.0)
     assert some.passes_per_epoch == 40 // MIN_PLANNED_EPOCHS and some.epochs >= MIN_PLANNED_EPOCHS
     assert plan_budget(480, 16, GROUPING).passes_per_epoch == 1  # no estimate
     assert plan_budget(480, 16, GROUPING, epochs=7, step_seconds=0.3).steps_per_epoch == 30
     assert plan_budget(480, 16, RULE, step_seconds=0.3).passes_per_epoch == 1  # the rule groups nothing
+
+
+def test_a_run_well_inside_its_time_budget_keeps_one_pass_an_epoch():
+    # sklearn's digits: 4,000 steps of 30 ms are 2 of the 30 minutes, so the epoch-end work costs no steps
+    quick = plan_budget(1400, 16, GROUPING, step_seconds=0.03)
+    assert quick.passes_per_epoch == 1 and quick.steps_per_epoch == 88 and quick.steps >= 4000
+    # the same data at 0.3 s a step takes 20 of the 30 minutes: grouped
+    assert plan_budget(1400, 16, GROUPING, step_seconds=0.3).passes_per_epoch > 1
+    assert plan_budget(1400, 16, GROUPING, step_seconds=0.3, time_budget_min=300).passes_per_epoch == 1
 
 
 def test_an_epoch_of_several_passes_feeds_its_steps_from_the_repeated_data():
