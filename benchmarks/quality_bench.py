@@ -141,7 +141,7 @@ def train_export_eval(task: str, data: str, run: Path, size: QualitySize, scores
 
 def score_held_out(run: Path, data: str, scores: tuple[str, ...], data_dir: Path) -> dict:
     """The Keras model and the int8 .tflite of ``run`` scored on ``data``'s HELD_OUT_SPLIT (`cli.py eval
-    --data`): ``scores`` of each, the images, and the seconds."""
+    --data`): ``scores`` and "by_size" of each, the images, the objects and the seconds."""
     out: dict = {"data": data, "split": HELD_OUT_SPLIT, "seconds": 0.0}
     for name, model in (("keras", run / "model.keras"), ("int8", run / "export" / "model_int8.tflite")):
         out["seconds"] += run_cli("eval", "--run", str(run), "--model", str(model), "--data", data,
@@ -149,7 +149,7 @@ def score_held_out(run: Path, data: str, scores: tuple[str, ...], data_dir: Path
         result = _eval_result(run, model, HELD_OUT_SPLIT, data)
         out[name] = {k: result[k] for k in scores}
         out[name]["by_size"] = result.get("by_size")
-        out["images"] = result.get("images")
+        out["images"], out["objects"] = result.get("images"), result.get("objects")
     return out
 
 

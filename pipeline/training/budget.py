@@ -230,10 +230,10 @@ class BudgetClock(keras.callbacks.Callback):
 
     * at every check, a plan that would overrun ``limit_s`` is shortened (the limit is a ceiling: a
       run of the 30-min default ends inside 30 min);
-    * a plan that would end well inside it (by SLACK, so that the two never alternate) is extended to what the clock affords (never
-      past what the rule wanted, ``wanted_epochs``): at the first check, and later while the run is in
-      the first half of its plan and the extension adds at least LATE_EXTENSION of it (or restores all
-      the rule wanted). A pace measured
+    * a plan that would end well inside it (by SLACK, so that the two never alternate) is extended
+      to what the clock affords (never past what the rule wanted, ``wanted_epochs``): at the first
+      check, and later while the run is in the first half of its plan and the extension adds at
+      least LATE_EXTENSION of it (or restores all the rule wanted). A pace measured
       on a busy moment (another job at the first check) then no longer cuts the whole run short, while
       the decay, re-fitted only while the learning rate is still near its peak and by a real amount,
       does not move back and forth.

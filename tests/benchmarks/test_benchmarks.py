@@ -234,7 +234,7 @@ def test_quality_figures(smoke_run):
     assert held["split"] == "train" and held["images"] == 32 and held["data"] != p["data"]
     for name in ("keras", "int8"):
         assert 0 <= held[name]["map"] <= held[name]["map50"] + 1e-9 <= 1 + 1e-9, (name, held)
-        assert sum(m["objects"] for m in held[name]["by_size"].values()) > 0  # every held-out object, in one bin
+        assert sum(m["objects"] for m in held[name]["by_size"].values()) == held["objects"] > 0  # each in one bin
     assert "Its Keras AP@.5 by object size" in Path(smoke_run.out, "quality.md").read_text()
     for task in (d, p):
         assert task["epochs_run"] == 1
